@@ -1,0 +1,145 @@
+"""Command line: python -m kdapp {teacher,distill,evaluate,predict,bench,sweep,calibrate} ...
+
+teacher/distill flags are RunConfig's fields (spelled like TrainingArguments'); the app builds the same RunConfig.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+
+import kdapp  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+from kdapp.config import RunConfig, cli_fields
+
+EPILOG = {
+    "teacher": "example: python -m kdapp teacher --model minilm --data ../shared/data/imdb/train.parquet "
+               "--max_train_samples 2000 --max_length 256 --learning_rate 1e-4 --warmup_steps 0.1 --num_train_epochs 2",
+    "distill": "example: python -m kdapp distill --teacher checkpoints/teacher --student from-teacher --student_layers 3 "
+               "--data ../shared/data/imdb/train.parquet --max_train_samples 2000 --max_length 256",
+}
+
+
+def _str2bool(v: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("1", "true", "yes", "y"):
+        return True
+    if v.lower() in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
+
+
+def _add_config_args(parser: argparse.ArgumentParser, kind: str) -> None:
+    hints = typing.get_type_hints(RunConfig)
+    parser.add_argument("--config", help="JSON file of RunConfig fields (flags given here override it)")
+    for f in cli_fields(kind):
+        tp = hints[f.name]
+        args = typing.get_args(tp)
+        base = next((a for a in args if a is not type(None)), tp) if args else tp
+        default = f"(default: {f.default})"
+        if base is bool:
+            parser.add_argument(f"--{f.name}", type=_str2bool, nargs="?", const=True, default=None,
+                                metavar="true|false", help=f"{f.metadata['help']} {default}")
+        else:
+            parser.add_argument(f"--{f.name}", type=base, default=None, help=f"{f.metadata['help']} {default}")
+
+
+def _config_from_args(kind: str, ns: argparse.Namespace) -> RunConfig:
+    values = json.loads(Path(ns.config).read_text()) if ns.config else {}
+    values.update({f.name: getattr(ns, f.name) for f in cli_fields(kind) if getattr(ns, f.name) is not None})
+    values["kind"] = kind
+    return RunConfig.from_dict(values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kdapp", description=__doc__.split("\n")[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="less logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for kind, help_ in (("teacher", "fine-tune a teacher (cross-entropy, Trainer)"),
+                        ("distill", "distil a teacher into a student (alpha*CE + (1-alpha)*T^2*KL)")):
+        p = sub.add_parser(kind, help=help_, description=help_, epilog=EPILOG[kind],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        _add_config_args(p, kind)
+
+    p = sub.add_parser("evaluate", help="score a model on labelled reviews (accuracy, F1, ECE, ...) -> JSON")
+    p.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    p.add_argument("--data", default="imdb", help="a file (every row is scored), an aclImdb folder or 'imdb' (test split)")
+    p.add_argument("--max_eval_samples", type=int, help="score only the first N rows")
+    p.add_argument("--max_length", type=int, help="default: the run's max_length, else 512")
+    p.add_argument("--per_device_eval_batch_size", type=int, default=64, help="batch size")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8", "int4"],
+                   help="inference precision (CPU: fp32, bf16, int8; GPU: fp32, fp16, bf16, int8, int4)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--json", help="write the results to this JSON file")
+
+    p = sub.add_parser("predict", help="classify reviews given on the command line")
+    p.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8", "int4"])
+    p.add_argument("--max_length", type=int, default=512)
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="review text(s); '-' reads one review per line from stdin")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from kdapp.data import DataError
+    from kdapp.models import ModelError
+
+    try:
+        return COMMANDS[ns.command](ns)
+    except (DataError, ModelError, ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_train(ns) -> int:
+    from kdapp.train import distill_student, train_teacher
+
+    cfg = _config_from_args(ns.command, ns)
+    result = (train_teacher if cfg.kind == "teacher" else distill_student)(cfg)
+    print(result.message)
+    if result.status == "done" and "validation" in result.metrics:
+        v = result.metrics["validation"]
+        print(f"validation: accuracy {v['accuracy']:.4f}  f1_weighted {v['f1_weighted']:.4f}  ece {v['ece']:.4f}  "
+              f"(n={v['n']}); train {result.metrics['train_runtime_s']:.0f} s -> {result.output_dir}")
+    return 0 if result.status == "done" else 1
+
+
+def cmd_evaluate(ns) -> int:
+    from kdapp.evaluation import evaluate_checkpoint
+
+    res = evaluate_checkpoint(ns.model, ns.data, ns.max_eval_samples, ns.max_length, ns.per_device_eval_batch_size,
+                              ns.precision, ns.device)
+    summary = {k: res[k] for k in ("model", "precision", "n", "accuracy", "f1_weighted", "ece", "params", "size_mb",
+                                   "samples_per_second")}
+    print(json.dumps(summary, indent=2))
+    if ns.json:
+        Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(ns.json).write_text(json.dumps(res, indent=2))
+        print(f"wrote {ns.json}")
+    return 0
+
+
+def cmd_predict(ns) -> int:
+    from kdapp.inference import predict, prepare_model
+    from kdapp.models import load_pair
+
+    texts = [line for line in sys.stdin.read().splitlines() if line.strip()] if ns.texts == ["-"] else ns.texts
+    model, tokenizer = load_pair(ns.model)
+    model = prepare_model(model, ns.precision)
+    for text, p in zip(texts, predict(model, tokenizer, texts, max_length=ns.max_length)):
+        short = text if len(text) <= 60 else text[:57] + "..."
+        print(f"{p['label']:<8} {p['score']:.3f}  {short}")
+    return 0
+
+
+COMMANDS = {"teacher": cmd_train, "distill": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""RunConfig: every knob of one teacher or distillation run, shared by the CLI and the app.
+
+Defaults are the seed's reference recipe (bert-base-uncased, 1 epoch, batch 16, LR 2e-5, alpha 0.5, T 2.0).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHECKPOINTS_DIR = Path("checkpoints")
+FROM_TEACHER = "from-teacher"  # --student value: make the student from the teacher's own layers
+
+
+def _f(default: Any, help: str, kinds: str = "teacher,distill", **kw) -> Any:
+    """A dataclass field with CLI metadata: its help text and the subcommands that show it."""
+    return field(default=default, metadata={"help": help, "kinds": set(kinds.split(",")), **kw})
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to reproduce one teacher fine-tuning or distillation run."""
+
+    kind: str = _f("teacher", "teacher or distill (set by the CLI subcommand)", kinds="")
+    # models
+    model: str = _f("bert-base-uncased", "Teacher to fine-tune: hub id or local folder.", kinds="teacher")
+    teacher: str | None = _f(None, "Fine-tuned teacher: a checkpoint folder (or hub id).", kinds="distill")
+    student: str = _f("distilbert-base-uncased",
+                      f"Student: hub id, local folder, or '{FROM_TEACHER}' (copy every other teacher layer).",
+                      kinds="distill")
+    student_layers: int | None = _f(None, f"Layers of a '{FROM_TEACHER}' student (default: half the teacher's).",
+                                    kinds="distill")
+    # data
+    data: str = _f("imdb", "'imdb' (hub), a parquet/CSV/JSON-lines file with text,label, or an aclImdb folder.")
+    test_data: str | None = _f(None, "Separate test file (default: the test split of --data, if it has one).")
+    max_train_samples: int | None = _f(None, "Use only the first N training rows (after the seed-42 shuffle).")
+    max_eval_samples: int | None = _f(None, "Use only the first N validation (and test) rows.")
+    max_length: int = _f(512, "Truncate reviews to this many tokens (batches are padded dynamically).")
+    truncation: str = _f("head", "'head' keeps the first tokens; 'head_tail' keeps the first and last (Sun et al. 2019).")
+    head_tokens: int | None = _f(None, "With head_tail: tokens kept from the start (default 128/512 of max_length).")
+    # optimisation (names as in TrainingArguments)
+    num_train_epochs: float = _f(1.0, "Training epochs.")
+    max_steps: int = _f(-1, "Stop after N optimizer steps (overrides epochs when > 0).")
+    per_device_train_batch_size: int = _f(16, "Training batch size per device.")
+    per_device_eval_batch_size: int = _f(64, "Evaluation batch size.")
+    learning_rate: float = _f(2e-5, "Peak learning rate (AdamW).")
+    warmup_steps: float = _f(0.0, "Linear warm-up: a fraction of all steps if < 1 (e.g. 0.1), else a step count; "
+                                  "then linear decay to 0.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    seed: int = _f(42, "Seed for the split shuffle, init and data order.")
+    group_by_length: bool = _f(True, "Batch reviews of similar length together (less padding, faster).")
+    mixed_precision: str = _f("auto", "auto (bf16/fp16 on a GPU, fp32 on CPU), no, fp16 or bf16.")
+    # distillation
+    alpha: float = _f(0.5, "Weight on CE(y, s); (1 - alpha) goes to T^2 * KL. alpha=1 is the no-KD student.",
+                      kinds="distill")
+    temperature: float = _f(2.0, "Softmax temperature T of the KD term.", kinds="distill")
+    hidden_loss: str = _f("none", "Intermediate-layer loss on mapped hidden states: none, cosine or mse.",
+                          kinds="distill")
+    hidden_loss_weight: float = _f(1.0, "Weight of the hidden-state loss.", kinds="distill")
+    transfer_data: str | None = _f(None, "Unlabelled reviews for KD only: 'rest' (unused training rows), "
+                                         "'imdb:unsupervised', or a text/parquet/CSV/JSON-lines file.", kinds="distill")
+    transfer_samples: int | None = _f(None, "Use at most N transfer reviews.", kinds="distill")
+    cache_teacher_logits: bool = _f(False, "Compute the teacher's logits once and reuse them every epoch.",
+                                    kinds="distill")
+    # bookkeeping
+    output_dir: str | None = _f(None, "Run folder (default checkpoints/<run_name>).")
+    run_name: str | None = _f(None, "Run name (default <kind>-<model>-<time>).")
+    overwrite: bool = _f(False, "Replace an existing run folder of the same name.")
+    resume: bool = _f(False, "Resume from the last intermediate checkpoint of this output_dir.")
+    save_steps: int = _f(500, "Write an intermediate Trainer checkpoint every N steps (for --resume).")
+    logging_steps: int = _f(10, "Log the loss every N steps.")
+    eval_strategy: str = _f("epoch", "When to evaluate on the validation split: epoch, steps or no.")
+    eval_steps: int | None = _f(None, "With eval_strategy=steps: evaluate every N steps.")
+    report_to: str = _f("none", "none or wandb (offline unless WANDB_API_KEY is set).")
+    num_threads: int | None = _f(None, "CPU threads for torch (default: all cores).")
+
+    def __post_init__(self):
+        checks = [
+            (self.kind in ("teacher", "distill"), f"kind must be 'teacher' or 'distill', got {self.kind!r}"),
+            (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.num_train_epochs > 0 or self.max_steps > 0,
+             f"num_train_epochs must be > 0 (or max_steps > 0), got {self.num_train_epochs}"),
+            (self.per_device_train_batch_size > 0,
+             f"per_device_train_batch_size must be > 0, got {self.per_device_train_batch_size}"),
+            (self.per_device_eval_batch_size > 0,
+             f"per_device_eval_batch_size must be > 0, got {self.per_device_eval_batch_size}"),
+            (8 <= self.max_length <= 8192, f"max_length must be in [8, 8192], got {self.max_length}"),
+            (self.warmup_steps >= 0 and (self.warmup_steps < 1 or float(self.warmup_steps).is_integer()),
+             f"warmup_steps must be a fraction in [0, 1) or a whole number of steps, got {self.warmup_steps}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.truncation in ("head", "head_tail"), f"truncation must be head or head_tail, got {self.truncation!r}"),
+            (self.hidden_loss in ("none", "cosine", "mse"), f"hidden_loss must be none, cosine or mse, got {self.hidden_loss!r}"),
+            (self.hidden_loss_weight >= 0, f"hidden_loss_weight must be >= 0, got {self.hidden_loss_weight}"),
+            (self.mixed_precision in ("auto", "no", "fp16", "bf16"),
+             f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}"),
+            (self.eval_strategy in ("epoch", "steps", "no"), f"eval_strategy must be epoch, steps or no, got {self.eval_strategy!r}"),
+            (self.report_to in ("none", "wandb"), f"report_to must be none or wandb, got {self.report_to!r}"),
+            (self.save_steps > 0 and self.logging_steps > 0, "save_steps and logging_steps must be > 0"),
+        ]
+        for name in ("max_train_samples", "max_eval_samples", "transfer_samples", "student_layers", "num_threads"):
+            value = getattr(self, name)
+            checks.append((value is None or value > 0, f"{name} must be a positive integer, got {value}"))
+        if self.head_tokens is not None:
+            checks.append((0 <= self.head_tokens <= self.max_length - 2,
+                           f"head_tokens must be in [0, max_length - 2 = {self.max_length - 2}], got {self.head_tokens}"))
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.kind == "distill" and not self.teacher:
+            raise ValueError("kind='distill' needs teacher=<folder of a fine-tuned teacher run>")
+        if self.alpha == 1.0 and (self.transfer_data or self.hidden_loss != "none"):
+            raise ValueError("alpha=1 is the no-KD student (no teacher): transfer_data and hidden_loss need alpha < 1")
+        if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.run_name):
+            raise ValueError(f"run_name may hold letters, digits, '.', '_' and '-' only (max 100), got {self.run_name!r}")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def base_model(self) -> str:
+        """The model whose weights are trained: the teacher's base, or the student."""
+        return self.model if self.kind == "teacher" else self.student
+
+    def resolved_run_name(self) -> str:
+        if self.run_name:
+            return self.run_name
+        if self.output_dir:
+            return Path(self.output_dir).name
+        base = self.base_model if self.base_model != FROM_TEACHER else f"{Path(str(self.teacher)).name}-student"
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(base).name).strip("-") or "model"
+        tag = "" if self.kind == "teacher" else ("-nokd" if self.alpha == 1.0 else "-kd")
+        return f"{self.kind}-{slug}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else CHECKPOINTS_DIR / self.resolved_run_name()
+
+    def resolved_head_tokens(self) -> int:
+        if self.head_tokens is not None:
+            return self.head_tokens
+        return round((self.max_length - 2) * 128 / 510)  # Sun et al.: 128 head + 382 tail at 512
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def cli_fields(kind: str) -> list[dataclasses.Field]:
+    """The RunConfig fields a CLI subcommand exposes."""
+    return [f for f in dataclasses.fields(RunConfig) if kind in f.metadata.get("kinds", ())]

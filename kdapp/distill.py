@@ -1,0 +1,117 @@
+"""Knowledge distillation: pure loss functions and a thin Trainer subclass that runs the teacher on the fly.
+
+loss = alpha * CE(y, s) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))  [+ beta * hidden-state loss]
+Rows labelled -100 (a transfer set of unlabelled reviews) contribute the KD term only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+IGNORE = -100  # label of transfer-set rows: no CE, KD only
+
+
+def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch; T^2 keeps the gradient scale independent of T."""
+    kl = F.kl_div(F.log_softmax(student_logits.float() / temperature, dim=-1),
+                  F.log_softmax(teacher_logits.float() / temperature, dim=-1), reduction="batchmean", log_target=True)
+    return temperature**2 * kl
+
+
+def ce_term(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labelled rows only (0 for a batch of transfer rows)."""
+    labelled = labels != IGNORE
+    if not labelled.any():
+        return student_logits.sum() * 0.0  # keeps the graph (and the device) intact
+    return F.cross_entropy(student_logits[labelled].float(), labels[labelled])
+
+
+def distillation_loss(student_logits, teacher_logits, labels, alpha: float = 0.5, temperature: float = 2.0):
+    """Returns (loss, ce, kd); alpha = 1 is exactly plain CE and needs no teacher logits."""
+    ce = ce_term(student_logits, labels)
+    if alpha == 1.0 or teacher_logits is None:
+        return ce, ce, torch.zeros_like(ce)
+    kd = kd_term(student_logits, teacher_logits, temperature)
+    return alpha * ce + (1 - alpha) * kd, ce, kd
+
+
+def hidden_state_loss(student_hidden, teacher_hidden, attention_mask, kind: str = "cosine") -> torch.Tensor:
+    """Mean over mapped layers and real tokens of 1 - cos(s, t) (or the MSE); zero for identical states.
+
+    student_hidden / teacher_hidden: lists of (B, L, H) tensors, already paired layer by layer.
+    """
+    mask = attention_mask.unsqueeze(-1).to(student_hidden[0].dtype)  # (B, L, 1)
+    n_tokens = mask.sum().clamp(min=1)
+    losses = []
+    for s, t in zip(student_hidden, teacher_hidden):
+        s, t = s.float(), t.float()
+        if kind == "cosine":
+            per_token = 1 - F.cosine_similarity(s, t, dim=-1).unsqueeze(-1)  # (B, L, 1)
+            losses.append((per_token * mask).sum() / n_tokens)
+        else:
+            losses.append((((s - t) ** 2) * mask).sum() / (n_tokens * s.shape[-1]))
+    return torch.stack(losses).mean()
+
+
+def hidden_layer_pairs(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """(student hidden index, teacher hidden index) pairs; index 0 is the embeddings, j the output of layer j.
+
+    Student layer j is matched to teacher layer j * Lt / Ls (PKD's 'skip' map), so the last layers always pair.
+    """
+    return [(j, j * teacher_layers // student_layers) for j in range(1, student_layers + 1)]
+
+
+class DistillationTrainer(Trainer):
+    """Trainer whose compute_loss adds the teacher's soft targets (computed on the fly, or read from a cache)."""
+
+    def __init__(self, *args, teacher=None, alpha: float = 0.5, temperature: float = 2.0,
+                 hidden_loss: str = "none", hidden_loss_weight: float = 1.0, logit_cache: torch.Tensor | None = None,
+                 teacher_dtype: torch.dtype | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.alpha, self.temperature = alpha, temperature
+        self.hidden_loss, self.hidden_loss_weight = hidden_loss, hidden_loss_weight
+        self.logit_cache = logit_cache  # (N, num_labels) float tensor indexed by the dataset's `idx` column
+        self.teacher = None
+        if teacher is not None and alpha < 1.0 and (logit_cache is None or hidden_loss != "none"):
+            self.teacher = teacher.to(device=self.args.device, dtype=teacher_dtype).eval().requires_grad_(False)
+        self._parts = {"loss_ce": [], "loss_kd": [], "loss_hidden": []}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        idx = inputs.pop("idx", None)
+        want_hidden = model.training and self.hidden_loss != "none" and self.teacher is not None
+        outputs = model(**inputs, output_hidden_states=want_hidden)
+        if not model.training:  # evaluation: the student's own CE, comparable across KD and no-KD runs
+            loss = ce_term(outputs.logits, labels)
+            return (loss, outputs) if return_outputs else loss
+
+        teacher_logits, teacher_out = None, None
+        if self.alpha < 1.0:
+            if self.logit_cache is not None and not want_hidden:
+                teacher_logits = self.logit_cache[idx.cpu()].to(outputs.logits.device)
+            else:
+                with torch.no_grad():  # not inference_mode: its tensors may not be saved for backward
+                    teacher_out = self.teacher(**inputs, output_hidden_states=want_hidden)
+                teacher_logits = teacher_out.logits
+        loss, ce, kd = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature)
+        if want_hidden:
+            pairs = hidden_layer_pairs(len(outputs.hidden_states) - 1, len(teacher_out.hidden_states) - 1)
+            hid = hidden_state_loss([outputs.hidden_states[s] for s, _ in pairs],
+                                    [teacher_out.hidden_states[t] for _, t in pairs],
+                                    inputs["attention_mask"], self.hidden_loss)
+            loss = loss + self.hidden_loss_weight * hid
+            self._parts["loss_hidden"].append(hid.detach())
+        self._parts["loss_ce"].append(ce.detach())
+        self._parts["loss_kd"].append(kd.detach())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Adds the mean CE, KD (and hidden) parts since the last log to every training log line."""
+        if "loss" in logs:
+            for name, values in self._parts.items():
+                if values:
+                    logs[name] = round(torch.stack(values).mean().item(), 4)
+                    values.clear()
+        super().log(logs, *args, **kwargs)

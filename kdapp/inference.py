@@ -1,0 +1,133 @@
+"""The fast inference path used by evaluate, predict, the logit cache and the app.
+
+Reviews are tokenized once, sorted by length, batched with dynamic padding and run under torch.inference_mode;
+results come back in input order. Optional precisions: bf16 (autocast) and int8 (dynamic quantization) on CPU,
+fp16/bf16 on a GPU, bitsandbytes 8-/4-bit on CUDA.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import warnings
+
+import numpy as np
+import torch
+
+from .encoding import encode
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def prepare_model(model: torch.nn.Module, precision: str = "fp32", device: str | None = None) -> torch.nn.Module:
+    """A copy of `model` ready for inference at `precision` on `device` (the original is left untouched).
+
+    CPU int8 is torch's dynamic quantization of every nn.Linear (weights int8, activations quantized per batch);
+    CUDA int8/int4 use bitsandbytes when it is installed.
+    """
+    device = device or default_device()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision in ("int8", "int4") and device.startswith("cuda"):
+        return _bnb_quantize(model, precision, device)
+    if precision == "int4":
+        raise ValueError("int4 needs a CUDA GPU with bitsandbytes; on CPU use int8 or bf16")
+    if precision == "fp16" and device == "cpu":
+        raise ValueError("fp16 is slow or unsupported on CPU; use bf16 or int8")
+    model = copy.deepcopy(model).eval().to(device)
+    if precision == "int8":
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao (STACK_NOTES 6)
+            warnings.simplefilter("ignore")
+            from torch.ao.quantization import quantize_dynamic
+
+            model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif precision in ("bf16", "fp16"):
+        model = model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+    model.kdapp_precision = precision
+    return model
+
+
+def _bnb_quantize(model, precision: str, device: str):
+    try:
+        from transformers import BitsAndBytesConfig  # noqa: F401
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise ValueError("int8/int4 on a GPU needs bitsandbytes: pip install bitsandbytes") from e
+    import tempfile
+
+    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    with tempfile.TemporaryDirectory() as tmp:  # bitsandbytes quantizes at load time
+        model.save_pretrained(tmp)
+        qconfig = (BitsAndBytesConfig(load_in_8bit=True) if precision == "int8" else
+                   BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16, bnb_4bit_quant_type="nf4"))
+        quantized = AutoModelForSequenceClassification.from_pretrained(tmp, quantization_config=qconfig,
+                                                                       device_map={"": device})
+    quantized.eval().kdapp_precision = precision
+    return quantized
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # a fully dynamic-quantized model may expose no parameters
+        return torch.device("cpu")
+
+
+def pad_batch(batch_ids: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-pad a list of id lists to the longest one: (B, L) input_ids and attention_mask."""
+    width = max(len(x) for x in batch_ids)
+    ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+    for i, x in enumerate(batch_ids):
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 64, progress=None) -> np.ndarray:
+    """(N, num_labels) float32 logits for pre-tokenized rows, in input order."""
+    device = model_device(model)
+    precision = getattr(model, "kdapp_precision", "fp32")
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" and device.type == "cpu"
+                else contextlib.nullcontext())
+    out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+    batches = length_batches([len(x) for x in ids], batch_size)
+    for n, batch in enumerate(batches):
+        with autocast:
+            logits = model(**pad_batch([ids[i] for i in batch], pad_id, device)).logits
+        out[batch] = logits.float().cpu().numpy()
+        if progress:
+            progress(n + 1, len(batches))
+    return out
+
+
+def predict_logits(model, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 64,
+                   truncation: str = "head", head_tokens: int | None = None, progress=None) -> np.ndarray:
+    """Logits for raw review texts through the fast path (in input order)."""
+    max_length = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
+    ids = encode(tokenizer, list(texts), max_length, truncation, head_tokens)
+    return logits_from_ids(model, ids, tokenizer.pad_token_id or 0, batch_size, progress)
+
+
+def predict(model, tokenizer, texts: list[str], **kwargs) -> list[dict]:
+    """[{'label': 'POSITIVE', 'score': 0.97, 'probs': [p_neg, p_pos]}] per text."""
+    from .metrics import softmax
+
+    probs = softmax(predict_logits(model, tokenizer, texts, **kwargs))
+    id2label = getattr(model.config, "id2label", None) or {}
+    return [{"label": id2label.get(int(p.argmax()), str(int(p.argmax()))), "score": float(p.max()),
+             "probs": [float(x) for x in p]} for p in probs]

@@ -1,0 +1,232 @@
+"""train_teacher(cfg) and distill_student(cfg): the whole run, from data to a checkpoint folder with its metrics.
+
+The CLI, the app and the benchmark scripts all call these two functions.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from datasets import Dataset, concatenate_datasets
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+from . import tracking
+from .cache import teacher_logits
+from .checkpoints import last_trainer_checkpoint, save_run, work_dir
+from .config import FROM_TEACHER, RunConfig
+from .data import load_splits, load_transfer_texts
+from .distill import IGNORE, DistillationTrainer
+from .encoding import tokenize_dataset
+from .evaluation import score
+from .metrics import trainer_metrics
+from .models import (check_same_tokenizer, count_parameters, load_model, load_pair, load_tokenizer,
+                     student_from_teacher)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run produced: status 'done' (output_dir holds the run) or 'cancelled' (nothing published)."""
+    status: str
+    output_dir: Path | None
+    metrics: dict = field(default_factory=dict)
+    message: str = ""
+    log_history: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- public entry points
+def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None) -> RunResult:
+    """Fine-tune cfg.model on the seed's split with plain cross-entropy (the Hugging Face Trainer)."""
+    if cfg.kind != "teacher":
+        raise ValueError(f"train_teacher needs kind='teacher', got {cfg.kind!r}")
+    out, resume_from = _prepare_output(cfg)
+    _set_threads(cfg.num_threads)
+    transformers.set_seed(cfg.seed)  # the fresh classifier head is initialised while loading
+    model, tokenizer = load_pair(cfg.model)
+    max_length = _check_max_length(cfg, model)
+    splits = load_splits(cfg.data, cfg.test_data, cfg.max_train_samples, cfg.max_eval_samples)
+    train_ds, eval_ds = (_tokenize(cfg, splits[s], tokenizer, max_length) for s in ("train", "validation"))
+    args = _training_args(cfg, out, remove_unused_columns=True)
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                      processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+                      compute_metrics=trainer_metrics, callbacks=callbacks)
+    meta = {"train_rows": len(train_ds), "max_length_effective": max_length}
+    return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
+
+
+def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None) -> RunResult:
+    """Train a student with alpha * CE + (1 - alpha) * T^2 * KL against cfg.teacher (alpha = 1: no-KD student)."""
+    if cfg.kind != "distill":
+        raise ValueError(f"distill_student needs kind='distill', got {cfg.kind!r}")
+    out, resume_from = _prepare_output(cfg)
+    _set_threads(cfg.num_threads)
+    transformers.set_seed(cfg.seed)
+    teacher, teacher_tok = load_pair(cfg.teacher)
+    student, tokenizer, layer_map = _make_student(cfg, teacher, teacher_tok)
+    check_same_tokenizer(teacher_tok, tokenizer)
+    max_length = _check_max_length(cfg, student, teacher)
+    if cfg.hidden_loss != "none" and teacher.config.hidden_size != student.config.hidden_size:
+        raise ValueError(f"hidden_loss needs equal widths; teacher hidden_size {teacher.config.hidden_size} != "
+                         f"student {student.config.hidden_size}. Use --hidden_loss none or a student from the teacher.")
+
+    splits = load_splits(cfg.data, cfg.test_data, cfg.max_train_samples, cfg.max_eval_samples)
+    train_rows = splits["train"]
+    transfer_rows = 0
+    if cfg.transfer_data:  # unlabelled reviews: KD term only (label -100)
+        texts = load_transfer_texts(cfg.transfer_data, cfg.data, cfg.max_train_samples, cfg.transfer_samples)
+        extra = Dataset.from_dict({"text": texts, "label": [IGNORE] * len(texts)})
+        train_rows = concatenate_datasets([train_rows.cast(extra.features), extra])
+        transfer_rows = len(texts)
+    train_ds = _tokenize(cfg, train_rows, tokenizer, max_length)
+    eval_ds = _tokenize(cfg, splits["validation"], tokenizer, max_length)
+
+    use_cuda = torch.cuda.is_available()
+    cache, cache_hit = None, False
+    if cfg.cache_teacher_logits and cfg.alpha < 1.0:
+        teacher.to("cuda" if use_cuda else "cpu")
+        cache, cache_hit = teacher_logits(teacher, train_ds["input_ids"], tokenizer.pad_token_id or 0,
+                                          cfg.per_device_eval_batch_size)
+    args = _training_args(cfg, out, remove_unused_columns=False)
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=trainer_metrics, callbacks=callbacks,
+        teacher=teacher, alpha=cfg.alpha, temperature=cfg.temperature, hidden_loss=cfg.hidden_loss,
+        hidden_loss_weight=cfg.hidden_loss_weight, logit_cache=cache,
+        teacher_dtype=_half_dtype(args) if use_cuda else None)  # teacher in half precision on a GPU
+    meta = {"train_rows": len(train_ds) - transfer_rows, "transfer_rows": transfer_rows,
+            "student_layer_map": layer_map, "teacher_logits_cached": cache is not None,
+            "teacher_logits_cache_hit": cache_hit, "max_length_effective": max_length,
+            "teacher_params": count_parameters(teacher)}
+    return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
+
+
+# ---------------------------------------------------------------- pieces
+def _make_student(cfg: RunConfig, teacher, teacher_tok):
+    """(student, tokenizer, layer map or None) for a hub id / folder, 'from-teacher' or 'from:<model>'."""
+    if cfg.student == FROM_TEACHER:
+        student = student_from_teacher(teacher, cfg.student_layers)
+        return student, teacher_tok, student.config.kdapp_layer_map
+    if cfg.student.startswith("from:"):
+        source = cfg.student[len("from:"):]
+        student = student_from_teacher(load_model(source), cfg.student_layers)
+        return student, load_tokenizer(source), student.config.kdapp_layer_map
+    student, tokenizer = load_pair(cfg.student)
+    return student, tokenizer, None
+
+
+def _prepare_output(cfg: RunConfig) -> tuple[Path, Path | None]:
+    """Checks before any work: the run folder is free, and an interrupted run is resumed or cleared on purpose."""
+    out = cfg.resolved_output_dir()
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} already exists: choose another --run_name / --output_dir or pass --overwrite")
+    work = work_dir(out)
+    last = last_trainer_checkpoint(work)
+    if cfg.resume:
+        if last is None:
+            raise ValueError(f"--resume: no intermediate checkpoint under {work}/trainer to resume from")
+        return out, last
+    if last is not None and not cfg.overwrite:
+        raise FileExistsError(f"{work} holds an interrupted run (last checkpoint {last.name}): pass --resume to "
+                              "continue it or --overwrite to start over")
+    shutil.rmtree(work, ignore_errors=True)
+    return out, None
+
+
+def _check_max_length(cfg: RunConfig, *models) -> int:
+    limit = min(getattr(m.config, "max_position_embeddings", cfg.max_length) for m in models)
+    if cfg.max_length > limit:
+        raise ValueError(f"max_length {cfg.max_length} is beyond the model's limit of {limit} positions; "
+                         f"use --max_length {limit} or less")
+    return cfg.max_length
+
+
+def _tokenize(cfg: RunConfig, ds, tokenizer, max_length: int):
+    return tokenize_dataset(ds, tokenizer, max_length, cfg.truncation, cfg.resolved_head_tokens())
+
+
+def _set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
+
+
+def _half_dtype(args: TrainingArguments) -> torch.dtype:
+    return torch.bfloat16 if args.bf16 else torch.float16
+
+
+def _precision_flags(cfg: RunConfig) -> dict:
+    if not torch.cuda.is_available() or cfg.mixed_precision == "no":
+        return {}
+    if cfg.mixed_precision == "auto":
+        return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+    return {cfg.mixed_precision: True}
+
+
+def _training_args(cfg: RunConfig, out: Path, remove_unused_columns: bool) -> TrainingArguments:
+    warmup = cfg.warmup_steps if cfg.warmup_steps < 1 else int(cfg.warmup_steps)
+    return TrainingArguments(
+        output_dir=str(work_dir(out) / "trainer"), run_name=cfg.resolved_run_name(),
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        learning_rate=cfg.learning_rate, warmup_steps=warmup, weight_decay=cfg.weight_decay,
+        lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        eval_strategy=cfg.eval_strategy, eval_steps=cfg.eval_steps,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
+        logging_strategy="steps", logging_steps=cfg.logging_steps, logging_first_step=True,
+        report_to=tracking.report_to(cfg.report_to), remove_unused_columns=remove_unused_columns,
+        label_names=["labels"], dataloader_num_workers=0, disable_tqdm=None,
+        use_cpu=not torch.cuda.is_available(), **_precision_flags(cfg))
+
+
+def _train_and_save(cfg: RunConfig, trainer: Trainer, tokenizer, splits, out: Path, resume_from: Path | None,
+                    meta: dict) -> RunResult:
+    started = time.time()
+    try:
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except BaseException:
+        tracking.finish_run()
+        raise
+    state = trainer.state
+    if not trainer.is_world_process_zero():
+        return RunResult("done", out, {}, "rank > 0: the main process writes the run", state.log_history)
+    if state.global_step < state.max_steps:  # a callback stopped the run (Cancel)
+        tracking.finish_run()
+        kept = last_trainer_checkpoint(work_dir(out))
+        what = (f"intermediate checkpoint {kept} kept: resume with --resume" if kept else "nothing was saved")
+        return RunResult("cancelled", None, {}, f"cancelled at step {state.global_step}/{state.max_steps}; {what}",
+                         state.log_history)
+
+    model = trainer.model
+    model.eval()
+    metrics = {"train_runtime_s": round(output.metrics.get("train_runtime", time.time() - started), 2),
+               "train_samples_per_second": output.metrics.get("train_samples_per_second"),
+               "train_loss": output.metrics.get("train_loss"), "global_step": state.global_step,
+               "params": count_parameters(model)}
+    labels_preds = None
+    for split in ("validation", "test"):
+        if split in splits:
+            m, logits = score(model, tokenizer, splits[split]["text"], splits[split]["label"], cfg.max_length,
+                              cfg.per_device_eval_batch_size, cfg.truncation, cfg.resolved_head_tokens())
+            metrics[split] = m
+            if split == "validation":
+                labels_preds = (splits[split]["label"], logits.argmax(-1))
+    run_config = cfg.to_dict() | {"run_name": out.name, "output_dir": str(out), "meta": meta | _environment()}
+    save_run(model, tokenizer, out, run_config, metrics, overwrite=cfg.overwrite)
+    tracking.finish_run({f"final/{k}": v for k, v in metrics["validation"].items()}, *labels_preds)
+    log.info("run written to %s", out)
+    return RunResult("done", out, metrics, f"saved {out}", state.log_history)
+
+
+def _environment() -> dict:
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
