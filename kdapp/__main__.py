@@ -65,6 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         _add_config_args(p, kind)
 
+    p = sub.add_parser("sweep", help="alpha/T grid of distillation runs -> table (+ sweep.json)",
+                       description="One distill run per (alpha, T) with the other distill flags fixed; the teacher's "
+                                   "logits are computed once and shared.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_config_args(p, "distill")
+    p.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.5, 0.9, 1.0], help="alpha values")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="T values")
+    p.add_argument("--sweep_dir", help="where the grid's runs and sweep.json go (default checkpoints/sweep-<time>)")
+    p.add_argument("--keep_checkpoints", action="store_true", help="keep every grid point's weights")
+
+    p = sub.add_parser("calibrate", help="temperature scaling on the validation split: ECE before/after")
+    p.add_argument("--model", required=True, help="checkpoint folder")
+    p.add_argument("--data", required=True, help="the run's data (its seed-42 validation split is used)")
+    p.add_argument("--max_eval_samples", type=int, help="use the first N validation rows")
+    p.add_argument("--max_length", type=int, help="default: the run's max_length")
+    p.add_argument("--no_save", action="store_true", help="do not write <model>/calibration.json")
+
     p = sub.add_parser("evaluate", help="score a model on labelled reviews (accuracy, F1, ECE, ...) -> JSON")
     p.add_argument("--model", required=True, help="checkpoint folder or hub id")
     p.add_argument("--data", default="imdb", help="a file (every row is scored), an aclImdb folder or 'imdb' (test split)")
@@ -139,7 +156,29 @@ def cmd_predict(ns) -> int:
     return 0
 
 
-COMMANDS = {"teacher": cmd_train, "distill": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+def cmd_sweep(ns) -> int:
+    from kdapp.sweep import markdown, run_sweep
+
+    ns.command = "distill"
+    base = _config_from_args("distill", ns)
+    rows = run_sweep(base, ns.alphas, ns.temperatures, ns.sweep_dir, ns.keep_checkpoints)
+    print(markdown(rows))
+    return 0
+
+
+def cmd_calibrate(ns) -> int:
+    from kdapp.calibration import calibrate_checkpoint
+
+    res = calibrate_checkpoint(ns.model, ns.data, ns.max_eval_samples, ns.max_length, save=not ns.no_save)
+    b, a = res["before"], res["after"]
+    print(f"temperature {res['temperature']:.3f} (fitted on {res['n_fit']} validation rows; "
+          f"reported on the other {res['n_heldout']})")
+    print(f"ECE {b['ece']:.4f} -> {a['ece']:.4f}   NLL {b['nll']:.4f} -> {a['nll']:.4f}   accuracy {b['accuracy']:.4f} (unchanged)")
+    return 0
+
+
+COMMANDS = {"teacher": cmd_train, "distill": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "sweep": cmd_sweep, "calibrate": cmd_calibrate}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,8 @@
-"""Teacher-logit cache: run the teacher once over the training rows and reuse its logits in every epoch (and run).
+"""Teacher-logit cache: run the teacher once per distinct input and reuse its logits in every epoch and later runs.
 
-The key hashes the teacher's weights and the exact token ids of every row, so changing the data, the tokenizer,
-max_length or the truncation rule gives a new key (a miss), never stale logits.
+One file per teacher (keyed by a hash of its weights) maps a hash of each row's exact token ids to its logits, so
+changing the data, the tokenizer, max_length or the truncation rule changes the keys (a miss, recomputed), never
+stale logits; rows shared between runs (a sweep, a transfer set added later) are computed once.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import hashlib
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -28,30 +30,40 @@ def teacher_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(teacher_fp: str, ids: list[list[int]]) -> str:
-    h = hashlib.blake2b(teacher_fp.encode(), digest_size=16)
-    for row in ids:
-        h.update(len(row).to_bytes(4, "little"))
-        h.update(torch.tensor(row, dtype=torch.int32).numpy().tobytes())
-    return h.hexdigest()
+def row_keys(ids: list[list[int]]) -> np.ndarray:
+    """(N, 16) uint8: a 128-bit hash of each row's token ids."""
+    keys = np.zeros((len(ids), 16), dtype=np.uint8)
+    for i, row in enumerate(ids):
+        keys[i] = np.frombuffer(hashlib.blake2b(np.asarray(row, dtype=np.int32).tobytes(), digest_size=16).digest(),
+                                dtype=np.uint8)
+    return keys
 
 
 def teacher_logits(teacher, ids: list[list[int]], pad_id: int, batch_size: int = 64,
                    cache_dir: Path | None = CACHE_DIR) -> tuple[torch.Tensor, bool]:
-    """(N, num_labels) float32 logits for `ids` in order, and whether they came from the on-disk cache."""
-    key = cache_key(teacher_fingerprint(teacher), ids)
-    path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
+    """(N, num_labels) float32 logits for `ids` in order, and whether every row came from the on-disk cache."""
+    keys = row_keys(ids)
+    path = Path(cache_dir) / f"{teacher_fingerprint(teacher)}.safetensors" if cache_dir else None
+    known: dict[bytes, torch.Tensor] = {}
+    stored_keys, stored_logits = np.zeros((0, 16), np.uint8), None
     if path is not None and path.is_file():
-        logits = load_file(path)["logits"]
-        if logits.shape[0] == len(ids):
-            return logits, True
-    was_training = teacher.training
-    teacher.eval()
-    logits = torch.from_numpy(logits_from_ids(teacher, ids, pad_id, batch_size))
-    teacher.train(was_training)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"logits": logits.contiguous()}, str(tmp))
-        tmp.replace(path)
-    return logits, False
+        stored = load_file(path)
+        stored_keys, stored_logits = stored["keys"].numpy(), stored["logits"]
+        known = {k.tobytes(): stored_logits[i] for i, k in enumerate(stored_keys)}
+    missing = [i for i, k in enumerate(keys) if k.tobytes() not in known]
+    if missing:
+        was_training = teacher.training
+        teacher.eval()
+        fresh = torch.from_numpy(logits_from_ids(teacher, [ids[i] for i in missing], pad_id, batch_size))
+        teacher.train(was_training)
+        for j, i in enumerate(missing):
+            known[keys[i].tobytes()] = fresh[j]
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            new_keys = np.concatenate([stored_keys, keys[missing]])
+            new_logits = fresh if stored_logits is None else torch.cat([stored_logits, fresh])
+            tmp = path.with_suffix(".tmp")
+            save_file({"keys": torch.from_numpy(new_keys), "logits": new_logits.contiguous()}, str(tmp))
+            tmp.replace(path)
+    log.info("teacher logits: %d rows from cache, %d computed", len(ids) - len(missing), len(missing))
+    return torch.stack([known[k.tobytes()] for k in keys]), not missing

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .config import CHECKPOINTS_DIR
 
 INCOMPLETE = ".incomplete"
@@ -53,8 +55,12 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_run(model, tokenizer, output_dir: Path, run_config: dict, metrics: dict, overwrite: bool = False) -> Path:
-    """Write a whole run to <output_dir>.incomplete/final, then rename it to output_dir in one step."""
+def save_run(model, tokenizer, output_dir: Path, run_config: dict, metrics: dict, overwrite: bool = False,
+             arrays: dict | None = None) -> Path:
+    """Write a whole run to <output_dir>.incomplete/final, then rename it to output_dir in one step.
+
+    `arrays` ({name: numpy array}) are saved as <name>.npy, e.g. validation_logits (row order of the seed split).
+    """
     output_dir = Path(output_dir)
     staging = work_dir(output_dir) / "final"
     if staging.exists():
@@ -63,6 +69,8 @@ def save_run(model, tokenizer, output_dir: Path, run_config: dict, metrics: dict
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
     metrics = dict(metrics, size_mb=folder_size_mb(staging))
+    for name, array in (arrays or {}).items():
+        np.save(staging / f"{name}.npy", array, allow_pickle=False)
     write_json(staging / "run_config.json", run_config)
     write_json(staging / "metrics.json", metrics)
     _fsync_tree(staging)

@@ -64,6 +64,9 @@ class RunConfig:
     transfer_data: str | None = _f(None, "Unlabelled reviews for KD only: 'rest' (unused training rows), "
                                          "'imdb:unsupervised', or a text/parquet/CSV/JSON-lines file.", kinds="distill")
     transfer_samples: int | None = _f(None, "Use at most N transfer reviews.", kinds="distill")
+    augment_windows: int = _f(0, "Augmentation: up to N extra KD-only rows per long labelled review, each another "
+                                 "max_length window of its text (the teacher's soft targets, never the label).",
+                              kinds="distill")
     cache_teacher_logits: bool = _f(False, "Compute the teacher's logits once and reuse them every epoch.",
                                     kinds="distill")
     # bookkeeping
@@ -114,8 +117,11 @@ class RunConfig:
                 raise ValueError(message)
         if self.kind == "distill" and not self.teacher:
             raise ValueError("kind='distill' needs teacher=<folder of a fine-tuned teacher run>")
-        if self.alpha == 1.0 and (self.transfer_data or self.hidden_loss != "none"):
-            raise ValueError("alpha=1 is the no-KD student (no teacher): transfer_data and hidden_loss need alpha < 1")
+        if self.augment_windows < 0:
+            raise ValueError(f"augment_windows must be >= 0, got {self.augment_windows}")
+        if self.alpha == 1.0 and (self.transfer_data or self.hidden_loss != "none" or self.augment_windows):
+            raise ValueError("alpha=1 is the no-KD student (no teacher): transfer_data, augment_windows and "
+                             "hidden_loss need alpha < 1")
         if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.run_name):
             raise ValueError(f"run_name may hold letters, digits, '.', '_' and '-' only (max 100), got {self.run_name!r}")
 

@@ -65,6 +65,10 @@ def hidden_layer_pairs(student_layers: int, teacher_layers: int) -> list[tuple[i
 class DistillationTrainer(Trainer):
     """Trainer whose compute_loss adds the teacher's soft targets (computed on the fly, or read from a cache)."""
 
+    # compute_loss returns a per-batch mean: the Trainer must divide it by the gradient-accumulation steps (with
+    # the default None it assumes a loss normalised by num_items_in_batch and skips the division)
+    loss_is_scaled_for_ga = False
+
     def __init__(self, *args, teacher=None, alpha: float = 0.5, temperature: float = 2.0,
                  hidden_loss: str = "none", hidden_loss_weight: float = 1.0, logit_cache: torch.Tensor | None = None,
                  teacher_dtype: torch.dtype | None = None, **kwargs):

@@ -25,7 +25,10 @@ def encode(tokenizer, texts: list[str], max_length: int, truncation: str = "head
     if truncation == "head":
         return tokenizer(texts, truncation=True, max_length=max_length, return_token_type_ids=False,
                          return_attention_mask=False)["input_ids"]
-    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    specials = [t for t in (first, last) if t is not None]
+    budget = max_length - len(specials)
     head = budget * 128 // 510 if head_tokens is None else min(head_tokens, budget)
     tail = budget - head
     out = []
@@ -33,8 +36,24 @@ def encode(tokenizer, texts: list[str], max_length: int, truncation: str = "head
                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]:
         if len(ids) > budget:
             ids = ids[:head] + (ids[-tail:] if tail else [])
-        out.append(tokenizer.build_inputs_with_special_tokens(ids))
+        out.append(([first] if first is not None else []) + ids + ([last] if last is not None else []))
     return out
+
+
+def window_views(tokenizer, texts: list[str], max_length: int, per_review: int) -> list[list[int]]:
+    """Extra views of long reviews: up to `per_review` further max_length windows of each text (after the first).
+
+    Used as KD-only augmentation rows: the teacher labels each window; windows shorter than a quarter of the
+    budget are skipped (too little text to judge).
+    """
+    first, last = tokenizer.cls_token_id, tokenizer.sep_token_id
+    budget = max_length - 2
+    views = []
+    for ids in tokenizer([clean_text(t) for t in texts], add_special_tokens=False, truncation=False, verbose=False,
+                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]:
+        chunks = [ids[i: i + budget] for i in range(budget, len(ids), budget)]
+        views += [[first] + c + [last] for c in chunks[:per_review] if len(c) >= budget // 4]
+    return views
 
 
 def tokenize_dataset(ds: Dataset, tokenizer, max_length: int, truncation: str = "head",

