@@ -5,6 +5,7 @@ teacher/distill flags are RunConfig's fields (spelled like TrainingArguments'); 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -115,6 +116,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+@contextlib.contextmanager
+def _progress_bar(desc: str):
+    """A tqdm bar fed by kdapp's progress(done, total) callbacks."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit="batch")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield progress
+    finally:
+        bar.close()
+
+
 def cmd_train(ns) -> int:
     from kdapp.train import distill_student, train_teacher
 
@@ -131,8 +150,9 @@ def cmd_train(ns) -> int:
 def cmd_evaluate(ns) -> int:
     from kdapp.evaluation import evaluate_checkpoint
 
-    res = evaluate_checkpoint(ns.model, ns.data, ns.max_eval_samples, ns.max_length, ns.per_device_eval_batch_size,
-                              ns.precision, ns.device)
+    with _progress_bar("scoring") as progress:
+        res = evaluate_checkpoint(ns.model, ns.data, ns.max_eval_samples, ns.max_length,
+                                  ns.per_device_eval_batch_size, ns.precision, ns.device, progress=progress)
     summary = {k: res[k] for k in ("model", "precision", "n", "accuracy", "f1_weighted", "ece", "params", "size_mb",
                                    "samples_per_second")}
     print(json.dumps(summary, indent=2))

@@ -1,0 +1,81 @@
+"""Recipe options of the distillation-that-pays issue: warm-up, window augmentation, sweep, temperature scaling."""
+import json
+
+import numpy as np
+import pytest
+
+from kdapp import RunConfig, distill_student, train_teacher
+from kdapp.calibration import calibrate_checkpoint
+from kdapp.encoding import window_views
+from kdapp.sweep import grid, run_sweep
+
+
+@pytest.fixture(scope="module")
+def long_reviews(tmp_path_factory):
+    """Reviews long enough (at max_length 16) to have several windows each."""
+    from conftest import make_reviews
+
+    df = make_reviews(120, seed=3)
+    df["text"] = (df["text"] + " ") * 4
+    path = tmp_path_factory.mktemp("long") / "long.parquet"
+    df.to_parquet(path)
+    return path
+
+
+def _teacher(tmp_path, teacher_dir, data, **kw):
+    cfg = RunConfig(model=str(teacher_dir), data=str(data), max_length=16, max_steps=4, learning_rate=1e-3,
+                    per_device_train_batch_size=8, eval_strategy="no", output_dir=str(tmp_path / "teacher"), **kw)
+    return train_teacher(cfg)
+
+
+def test_warmup_then_linear_decay(tmp_path, teacher_dir, reviews_parquet):
+    result = _teacher(tmp_path, teacher_dir, reviews_parquet, warmup_steps=0.5, logging_steps=1)
+    lrs = [h["learning_rate"] for h in result.log_history if "learning_rate" in h]
+    assert len(lrs) == 4
+    peak = int(np.argmax(lrs))
+    assert lrs[0] < lrs[peak] and peak >= 1  # rises during warm-up
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # then decays
+    assert lrs[-1] < lrs[peak]
+
+
+def test_window_views_are_other_parts_of_the_review(tokenizer):
+    text = " ".join(["good"] * 14 + ["bad"] * 14 + ["dull"] * 14)
+    views = window_views(tokenizer, [text, "short review"], max_length=16, per_review=5)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert [v[1:-1] for v in views] == [ids[14:28], ids[28:42]]  # the windows after the first, none for short text
+    assert all(v[0] == tokenizer.cls_token_id and v[-1] == tokenizer.sep_token_id for v in views)
+
+
+def test_augment_windows_adds_kd_only_rows(tmp_path, teacher_dir, long_reviews):
+    _teacher(tmp_path, teacher_dir, long_reviews)
+    cfg = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher", data=str(long_reviews),
+                    max_length=16, max_steps=3, augment_windows=2, cache_teacher_logits=True, eval_strategy="no",
+                    output_dir=str(tmp_path / "aug"))
+    result = distill_student(cfg)
+    meta = json.loads((tmp_path / "aug" / "run_config.json").read_text())["meta"]
+    assert result.status == "done"
+    assert meta["augment_rows"] > meta["train_rows"] > 0  # two windows for most reviews
+    with pytest.raises(ValueError, match="alpha=1"):
+        RunConfig(kind="distill", teacher="t", alpha=1.0, augment_windows=1)
+
+
+def test_sweep_writes_one_result_per_grid_point(tmp_path, teacher_dir, reviews_parquet):
+    _teacher(tmp_path, teacher_dir, reviews_parquet)
+    base = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher",
+                     data=str(reviews_parquet), max_length=16, max_steps=2, max_eval_samples=16, eval_strategy="no")
+    assert grid([0.5, 1.0], [1.0, 4.0]) == [(0.5, 1.0), (0.5, 4.0), (1.0, 1.0)]
+    rows = run_sweep(base, [0.5, 1.0], [1.0, 4.0], sweep_dir=tmp_path / "sweep")
+    saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
+    assert [(r["alpha"], r["temperature"]) for r in rows] == [(0.5, 1.0), (0.5, 4.0), (1.0, 1.0)] == \
+        [(r["alpha"], r["temperature"]) for r in saved]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["ece"] >= 0 for r in rows)
+    assert not (tmp_path / "sweep" / "a0.5-T1" / "model.safetensors").exists()  # weights dropped by default
+
+
+def test_calibrate_fits_temperature_and_saves(tmp_path, teacher_dir, reviews_parquet):
+    _teacher(tmp_path, teacher_dir, reviews_parquet)
+    res = calibrate_checkpoint(str(tmp_path / "teacher"), str(reviews_parquet))
+    assert res["temperature"] > 0
+    assert res["after"]["accuracy"] == res["before"]["accuracy"]  # T never changes the argmax
+    assert len(res["after"]["reliability"]) == 15
+    assert json.loads((tmp_path / "teacher" / "calibration.json").read_text())["temperature"] == res["temperature"]
