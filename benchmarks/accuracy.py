@@ -34,6 +34,7 @@ ROOT = Path("checkpoints/cpu-scale")
 COMMON = dict(data=DATA, max_train_samples=2000, max_length=256, eval_strategy="no", logging_steps=20)
 SEED = dict(num_train_epochs=1.0, learning_rate=2e-5, per_device_train_batch_size=16)
 KDAPP = dict(num_train_epochs=3.0, learning_rate=1e-4, warmup_steps=0.1, weight_decay=0.01, truncation="head_tail")
+KDAPP_STUDENT = dict(KDAPP, num_train_epochs=2.0)  # students start from the fine-tuned teacher's layers
 STUDENT = dict(student=FROM_TEACHER, student_layers=3)  # the fine-tuned teacher's layers 0, 2, 4 and its head
 
 
@@ -49,17 +50,17 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                       RunConfig(kind="distill", **seed_student, alpha=1.0, **COMMON, **SEED)),
         "teacher": ("kdapp: teacher", RunConfig(kind="teacher", model="minilm", **COMMON, **KDAPP)),
         "nokd": ("kdapp: no-KD student (alpha 1)",
-                 RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, **COMMON, **KDAPP)),
+                 RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, **COMMON, **KDAPP_STUDENT)),
         "kd": ("kdapp: KD student, labelled reviews only",
                RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
-                         cache_teacher_logits=True, **COMMON, **KDAPP)),
+                         cache_teacher_logits=True, **COMMON, **KDAPP_STUDENT)),
         "kd-windows": ("kdapp: KD student + window views of the same labelled reviews",
                        RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
-                                 augment_windows=2, cache_teacher_logits=True, **COMMON, **KDAPP)),
+                                 augment_windows=2, cache_teacher_logits=True, **COMMON, **KDAPP_STUDENT)),
         "kd-transfer": ("kdapp: KD student + 2,000 unlabelled reviews",
                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
                                   transfer_data="rest", transfer_samples=2000, cache_teacher_logits=True,
-                                  **COMMON, **KDAPP)),
+                                  **COMMON, **KDAPP_STUDENT)),
     }
 
 
@@ -69,8 +70,8 @@ BOOKKEEPING = {"output_dir", "run_name", "overwrite", "resume", "num_threads", "
 
 def same_settings(folder: Path, cfg: RunConfig) -> bool:
     saved = load_run_info(folder).run_config
-    want = cfg.to_dict()
-    return all(saved.get(k) == v for k, v in want.items() if k not in BOOKKEEPING)
+    defaults = RunConfig().to_dict()  # a field added after the run was made counts as its default
+    return all(saved.get(k, defaults[k]) == v for k, v in cfg.to_dict().items() if k not in BOOKKEEPING)
 
 
 def ensure_run(name: str, cfg: RunConfig, num_threads: int | None) -> Path:

@@ -1,4 +1,5 @@
 """kdapp: fine-tune a BERT teacher on IMDb, distil it into a smaller student, and measure what distillation buys."""
+import importlib
 import os
 
 # Before torch is imported: on a small, shared CPU the default OpenMP spin-wait costs 8-16 ms per parallel op
@@ -6,18 +7,27 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .config import FROM_TEACHER, RunConfig  # noqa: E402
-from .checkpoints import RunInfo, list_runs, load_run_info  # noqa: E402
-from .data import DataError, load_splits  # noqa: E402
-from .distill import DistillationTrainer, distillation_loss, hidden_state_loss  # noqa: E402
-from .evaluation import evaluate_checkpoint, score  # noqa: E402
-from .inference import predict, predict_logits, prepare_model  # noqa: E402
-from .metrics import classification_metrics, fit_temperature  # noqa: E402
-from .models import ModelError, load_model, load_pair, load_tokenizer, student_from_teacher  # noqa: E402
-from .train import RunResult, distill_student, train_teacher  # noqa: E402
-
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "FROM_TEACHER", "RunInfo", "list_runs", "load_run_info", "DataError", "load_splits",
-           "DistillationTrainer", "distillation_loss", "hidden_state_loss", "evaluate_checkpoint", "score", "predict",
-           "predict_logits", "prepare_model", "classification_metrics", "fit_temperature", "ModelError", "load_model",
-           "load_pair", "load_tokenizer", "student_from_teacher", "RunResult", "distill_student", "train_teacher"]
+
+# Public API, imported on first use so that `python -m kdapp --help` does not pay for torch and transformers.
+_API = {
+    "RunConfig": "config", "FROM_TEACHER": "config",
+    "RunInfo": "checkpoints", "list_runs": "checkpoints", "load_run_info": "checkpoints",
+    "DataError": "data", "load_splits": "data",
+    "DistillationTrainer": "distill", "distillation_loss": "distill", "hidden_state_loss": "distill",
+    "evaluate_checkpoint": "evaluation", "score": "evaluation",
+    "predict": "inference", "predict_logits": "inference", "prepare_model": "inference",
+    "classification_metrics": "metrics", "fit_temperature": "metrics",
+    "ModelError": "models", "load_model": "models", "load_pair": "models", "load_tokenizer": "models",
+    "student_from_teacher": "models",
+    "RunResult": "train", "distill_student": "train", "train_teacher": "train",
+    "run_benchmark": "benchmark", "markdown_table": "benchmark",
+    "run_sweep": "sweep", "calibrate_checkpoint": "calibration",
+}
+__all__ = list(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'kdapp' has no attribute {name!r}")

@@ -89,10 +89,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_eval_samples", type=int, help="score only the first N rows")
     p.add_argument("--max_length", type=int, help="default: the run's max_length, else 512")
     p.add_argument("--per_device_eval_batch_size", type=int, default=64, help="batch size")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8", "int4"],
-                   help="inference precision (CPU: fp32, bf16, int8; GPU: fp32, fp16, bf16, int8, int4)")
+    p.add_argument("--precision", default=["fp32"], nargs="+", choices=["fp32", "bf16", "fp16", "int8", "int4"],
+                   help="inference precision (CPU: fp32, bf16, int8; GPU: fp32, fp16, bf16, int8, int4); several, "
+                        "e.g. fp32 int8, print accuracy, size and speed side by side (JSON: {'results': [...]})")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--json", help="write the results to this JSON file")
+
+    p = sub.add_parser("bench", help="latency, throughput, size and memory of models -> the seed's table + JSON",
+                       description="Time models (hub id, checkpoint folder, or arch:bert-base-uncased / "
+                                   "arch:distilbert-base-uncased built from their configs with random weights).",
+                       epilog="example: python -m kdapp bench --models arch:bert-base-uncased "
+                              "arch:distilbert-base-uncased --batch_sizes 1 100 --max_length 128 --json bench.json",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                   help="hub ids, checkpoint folders or arch:NAME; the first is the Delta column's baseline")
+    p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 100], help="batch sizes to time")
+    p.add_argument("--max_length", type=int, default=128,
+                   help="tokens per row: the fixed length of random rows, or the truncation of real reviews")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="unset: cuda if available, else cpu")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16", "int8", "int4"],
+                   help="precisions to time (CPU: fp32, bf16, int8; GPU: fp32, fp16, bf16, int8, int4)")
+    p.add_argument("--data", help="time on real reviews from this file/folder; unset: random rows of max_length")
+    p.add_argument("--n_texts", type=int, default=100, help="rows per timed pass (at least the largest batch size)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes after the warm-up")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up batches")
+    p.add_argument("--num_threads", type=int, help="torch CPU threads; unset: torch's choice (all cores)")
+    p.add_argument("--json", help="write rows and environment to this JSON file")
 
     p = sub.add_parser("predict", help="classify reviews given on the command line")
     p.add_argument("--model", required=True, help="checkpoint folder or hub id")
@@ -150,6 +172,9 @@ def cmd_train(ns) -> int:
 def cmd_evaluate(ns) -> int:
     from kdapp.evaluation import evaluate_checkpoint
 
+    if len(ns.precision) > 1:
+        return _evaluate_precisions(ns)
+    ns.precision = ns.precision[0]
     with _progress_bar("scoring") as progress:
         res = evaluate_checkpoint(ns.model, ns.data, ns.max_eval_samples, ns.max_length,
                                   ns.per_device_eval_batch_size, ns.precision, ns.device, progress=progress)
@@ -159,6 +184,39 @@ def cmd_evaluate(ns) -> int:
     if ns.json:
         Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
         Path(ns.json).write_text(json.dumps(res, indent=2))
+        print(f"wrote {ns.json}")
+    return 0
+
+
+def _evaluate_precisions(ns) -> int:
+    """evaluate --precision fp32 int8 ...: one scoring per precision, accuracy and size side by side."""
+    from kdapp.benchmark import precision_table
+    from kdapp.evaluation import evaluate_checkpoint
+
+    results = []
+    for precision in dict.fromkeys(ns.precision):
+        with _progress_bar(f"scoring ({precision})") as progress:
+            results.append(evaluate_checkpoint(ns.model, ns.data, ns.max_eval_samples, ns.max_length,
+                                               ns.per_device_eval_batch_size, precision, ns.device, progress=progress))
+    print(precision_table(results))
+    if ns.json:
+        Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(ns.json).write_text(json.dumps({"model": ns.model, "data": ns.data, "results": results}, indent=2))
+        print(f"wrote {ns.json}")
+    return 0
+
+
+def cmd_bench(ns) -> int:
+    from kdapp.benchmark import markdown_table, run_benchmark
+    from kdapp.inference import default_device
+
+    result = run_benchmark(ns.models, ns.batch_sizes, ns.max_length, ns.device or default_device(), ns.precision,
+                           data=ns.data, n_texts=ns.n_texts, repeats=ns.repeats, warmup=ns.warmup,
+                           num_threads=ns.num_threads)
+    print(markdown_table(result))
+    if ns.json:
+        Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(ns.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {ns.json}")
     return 0
 
@@ -198,7 +256,7 @@ def cmd_calibrate(ns) -> int:
 
 
 COMMANDS = {"teacher": cmd_train, "distill": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "sweep": cmd_sweep, "calibrate": cmd_calibrate}
+            "sweep": cmd_sweep, "calibrate": cmd_calibrate, "bench": cmd_bench}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -58,7 +58,7 @@ def arch_names() -> list[str]:
 
 
 def build_arch(name: str, num_labels: int = 2, seed: int = 0) -> torch.nn.Module:
-    """bert-base-uncased or distilbert-base-uncased from its configuration, random weights (N(0, 0.02), like BERT's init)."""
+    """bert-base-uncased or distilbert-base-uncased from its configuration, random N(0, 0.02) weights (BERT's init)."""
     key = name[len(ARCH_PREFIX):] if name.startswith(ARCH_PREFIX) else name
     key = key if key in ARCHS else f"{key}-uncased"
     if key not in ARCHS:
@@ -94,7 +94,7 @@ def load_bench_model(spec: str, precision: str = "fp32", device: str = "cpu") ->
     model = base.eval().to(device) if precision == "fp32" else prepare_model(base, precision, device)
     model.kdapp_precision = precision
     del base  # only the prepared copy stays resident (peak RSS is per model)
-    gc.collect()
+    release_memory()
     if folder is not None and precision == "fp32":
         size_mb, source = folder_size_mb(folder), "weight files"
     else:
@@ -241,6 +241,17 @@ def _peak_rss_mb() -> float:
     return round(peak / 1e6 if platform.system() == "Darwin" else peak * 1024 / 1e6, 1)
 
 
+def release_memory() -> None:
+    """Free dropped models and hand freed heap pages back to the OS, so the next model's RSS is its own."""
+    gc.collect()
+    try:  # glibc keeps freed blocks up to its (growing) mmap threshold on the heap, inflating RSS
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _current_rss_mb() -> float:
     import psutil
 
@@ -279,6 +290,8 @@ def run_benchmark(models: list[str], batch_sizes=(1, 100), max_length: int = 128
     """
     batch_sizes = [int(b) for b in batch_sizes]
     check_bench_args(models, batch_sizes, precisions, device, max_length)
+    if device == "cpu" and "bf16" in precisions and not native_bf16():
+        log.warning("this CPU has no native bf16 (avx512_bf16/AMX): bf16 runs emulated, usually slower than fp32")
     if num_threads:
         torch.set_num_threads(num_threads)
     env = bench_env(device)
@@ -304,7 +317,7 @@ def run_benchmark(models: list[str], batch_sizes=(1, 100), max_length: int = 128
                              "size_source": bm.size_source, "threads": env["threads"], "torch": env["torch"]})
                 done += 1
             del bm
-            gc.collect()
+            release_memory()
     env["seconds"] = round(time.perf_counter() - started, 1)
     _progress(progress, 1.0, "done")
     config = {"models": list(models), "batch_sizes": batch_sizes, "max_length": max_length, "device": device,
@@ -333,13 +346,36 @@ def bench_env(device: str = "cpu") -> dict:
     """What the numbers depend on: device, threads, OpenMP wait policy, CPU/GPU model, versions, machine load."""
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
     return {"device": device, "device_name": gpu or cpu_model(), "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_flags": cpu_flags(), "native_bf16": native_bf16(), "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin, then sleep)"),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "rss_idle_mb": _current_rss_mb(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD features that decide which precision is fast (bf16 needs avx512_bf16 or AMX; else it is emulated)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
+    have = set(line.split(":", 1)[-1].split())
+    return [f for f in SPEED_FLAGS if f in have]
+
+
+def native_bf16() -> bool:
+    """Does oneDNN run bf16 matmuls natively here? Without it bf16 on CPU is several times slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def cpu_model() -> str:
@@ -372,6 +408,7 @@ def markdown_table(result: dict, baseline: str | None = None) -> str:
     name = {c: model_label(c[0]) + (f" ({c[1]})" if several or c[1] != "fp32" else "") for c in columns}
     base = next((c for c in columns if baseline in (c[0], name[c], model_label(c[0]))), columns[0])
     others = [c for c in columns if c != base]
+    columns = [base] + others  # the baseline's column comes first, as in the seed's table
     cell = {(r["model"], r["precision"], r["batch_size"]): r for r in rows}
     batch_sizes = sorted({r["batch_size"] for r in rows})
     top = batch_sizes[-1]
@@ -386,7 +423,8 @@ def markdown_table(result: dict, baseline: str | None = None) -> str:
                       {c: _fmt_latency(get(c, "latency_ms_median", b), get(c, "latency_ms_p90", b)) for c in columns},
                       {c: _speedup(get(base, "latency_ms_median", b), get(c, "latency_ms_median", b), lower=True)
                        for c in others}))
-    lines.append((f"Throughput, batch {top} (samples/s)", {c: _fmt(get(c, "throughput_samples_per_s"), 1) for c in columns},
+    lines.append((f"Throughput, batch {top} (samples/s)",
+                  {c: _fmt(get(c, "throughput_samples_per_s"), 1) for c in columns},
                   {c: _speedup(get(base, "throughput_samples_per_s"), get(c, "throughput_samples_per_s"), lower=False)
                    for c in others}))
     for metric, key, unit, scale, digits in (("Parameters", "params", "params", 1e-6, 1),
@@ -437,4 +475,20 @@ def _speedup(base, other, lower: bool) -> str:
 def _percent(base, other, unit: str) -> str:
     if not base or other is None:
         return "n/a"
-    return f"{(other / base - 1) * 100:+.0f} % {unit}"
+    return f"{(other / base - 1) * 100:+.0f} % {unit}".strip()
+
+
+def precision_table(results: list[dict]) -> str:
+    """evaluate_checkpoint results at several precisions, side by side against the first (usually fp32)."""
+    base = results[0]
+    out = ["| precision | accuracy | vs " + base["precision"] + " (points) | f1_weighted | ece | size (MB) | size | "
+           "samples/s | speed |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        first = r is base
+        out.append(f"| {r['precision']} | {r['accuracy']:.4f} | "
+                   f"{'-' if first else format((r['accuracy'] - base['accuracy']) * 100, '+.2f')} | "
+                   f"{r['f1_weighted']:.4f} | {r['ece']:.4f} | {r['size_mb']:.1f} | "
+                   f"{'-' if first else _percent(base['size_mb'], r['size_mb'], '')} | {r['samples_per_second']:.1f} | "
+                   f"{'-' if first else _speedup(base['samples_per_second'], r['samples_per_second'], lower=False)} |")
+    out.append(f"\n{base['model']} on {results[0]['n']} rows of {base['data']}; samples/s includes tokenization.")
+    return "\n".join(out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ def teacher_logits(teacher, ids: list[list[int]], pad_id: int, batch_size: int =
             path.parent.mkdir(parents=True, exist_ok=True)
             new_keys = np.concatenate([stored_keys, keys[missing]])
             new_logits = fresh if stored_logits is None else torch.cat([stored_logits, fresh])
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: torchrun ranks write at the same time
             save_file({"keys": torch.from_numpy(new_keys), "logits": new_logits.contiguous()}, str(tmp))
             tmp.replace(path)
     log.info("teacher logits: %d rows from cache, %d computed", len(ids) - len(missing), len(missing))

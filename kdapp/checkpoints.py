@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CHECKPOINTS_DIR
 
 INCOMPLETE = ".incomplete"
 RUN_FILES = ("config.json", "model.safetensors", "run_config.json", "metrics.json")
@@ -116,19 +115,33 @@ def load_run_info(path: Path) -> RunInfo:
     return RunInfo(path, read("run_config.json"), read("metrics.json"))
 
 
-def list_runs(root: Path | str = CHECKPOINTS_DIR) -> list[RunInfo]:
-    """Every complete run under root, newest first; half-written (.incomplete) and hidden folders are skipped."""
-    root = Path(root)
+def list_runs(root: Path | str | None = None) -> list[RunInfo]:
+    """Every complete run under root (and one folder down, e.g. checkpoints/cpu-scale/<run>), newest first.
+
+    Half-written (.incomplete) and hidden folders are skipped.
+    """
+    from . import config
+
+    root = Path(root if root is not None else config.CHECKPOINTS_DIR)
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir() if not p.name.startswith(".") and is_complete(p)]
+    runs = []
+    for p in root.iterdir():
+        if p.name.startswith(".") or p.name.endswith(INCOMPLETE) or not p.is_dir():
+            continue
+        if is_complete(p):
+            runs.append(p)
+        else:
+            runs += [q for q in p.iterdir() if not q.name.startswith(".") and is_complete(q)]
     runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     return [load_run_info(p) for p in runs]
 
 
-def list_incomplete(root: Path | str = CHECKPOINTS_DIR) -> list[Path]:
+def list_incomplete(root: Path | str | None = None) -> list[Path]:
     """Interrupted runs that hold a Trainer checkpoint to --resume from."""
-    root = Path(root)
+    from . import config
+
+    root = Path(root if root is not None else config.CHECKPOINTS_DIR)
     return sorted(p for p in root.glob(f"*{INCOMPLETE}") if last_trainer_checkpoint(p) is not None) if root.is_dir() else []
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -142,6 +143,9 @@ class RunConfig:
         return f"{self.kind}-{slug}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def resolved_output_dir(self) -> Path:
+        if not (self.output_dir or self.run_name) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("under torchrun/accelerate pass --output_dir (or --run_name): every process must "
+                             "agree on the run folder, and a timestamped default name may differ between them")
         return Path(self.output_dir) if self.output_dir else CHECKPOINTS_DIR / self.resolved_run_name()
 
     def resolved_head_tokens(self) -> int:

@@ -34,6 +34,9 @@ def read_source(source: str, require_labels: bool = True) -> DatasetDict:
     if path.is_file():
         return DatasetDict(train=_read_file(path, require_labels))
     if source in HUB_DATASETS or (looks_like_hub_id(source) and not Path(source).suffix):
+        if source not in HUB_DATASETS and not hub_reachable():
+            raise DataError(f"Data source {source!r} is not a local file or folder, and the hub is unreachable to "
+                            f"look it up as a dataset id. {LOCAL_HINT}")
         return _read_hub(HUB_DATASETS.get(source, source))
     raise DataError(f"Data source {source!r} not found: expected 'imdb' (the hub), a .parquet/.csv/.jsonl file "
                     f"with columns text,label, or an aclImdb folder (train/pos, train/neg, ...). {LOCAL_HINT}")
@@ -59,13 +62,29 @@ def _read_file(path: Path, require_labels: bool) -> Dataset:
                         f"{path.suffix or 'no extension'!r}. Convert it to one of these with columns text,label.")
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty: expected rows with columns text,label.")
-    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    kwargs = {"keep_default_na": False} if fmt == "csv" else {}  # a review reading "NA" or "null" is text
+    if path.suffix.lower() == ".tsv":
+        kwargs["delimiter"] = "\t"
     try:
         ds = load_dataset(fmt, data_files=str(path), split="train", **kwargs)
     except Exception as e:  # arrow/pandas raise many types on malformed files
-        raise DataError(f"Cannot read {path} as {fmt}: {type(e).__name__}: {str(e)[:300]}. "
+        if "corresponds to no data" in str(e) or _parquet_rows(path) == 0:  # a header, or a zero-row parquet
+            raise DataError(f"{path} has no rows: expected labelled reviews with columns text,label.") from e
+        cause = e.__cause__ or e  # datasets wraps the reader's own error in a vague DatasetGenerationError
+        raise DataError(f"Cannot read {path} as {fmt}: {type(cause).__name__}: {str(cause)[:300]}. "
                         "Expected a well-formed file with columns text,label (UTF-8).") from e
     return _check(ds, str(path), require_labels)
+
+
+def _parquet_rows(path: Path) -> int | None:
+    if path.suffix.lower() != ".parquet":
+        return None
+    try:
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(path).num_rows
+    except Exception:  # not a parquet file at all: reported by the caller
+        return None
 
 
 def _from_lines(path: Path) -> Dataset:

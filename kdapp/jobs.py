@@ -125,7 +125,8 @@ class Job:
         try:
             for i, stage in enumerate(self.stages):
                 if self._cancel.is_set():
-                    self.update(status=CANCELLED, message=self._cancel_message(f"cancelled before the {stage.label} stage"))
+                    message = self._cancel_message(f"cancelled before the {stage.label} stage")
+                    self.update(status=CANCELLED, message=message)
                     return
                 self.update(stage=stage.label, stage_index=i, phase="starting", step=0, total_steps=0,
                             samples_per_second=None, eta_s=None)

@@ -5,6 +5,7 @@ The CLI, the app and the benchmark scripts all call these two functions.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import shutil
 import time
@@ -14,7 +15,8 @@ from pathlib import Path
 import torch
 import transformers
 from datasets import Dataset, concatenate_datasets
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers.trainer_utils import TrainOutput
 
 from . import tracking
 from .cache import teacher_logits
@@ -48,15 +50,18 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
         raise ValueError(f"train_teacher needs kind='teacher', got {cfg.kind!r}")
     out, resume_from = _prepare_output(cfg)
     _set_threads(cfg.num_threads)
+    splits = load_splits(cfg.data, cfg.test_data, cfg.max_train_samples, cfg.max_eval_samples)  # data errors first
     transformers.set_seed(cfg.seed)  # the fresh classifier head is initialised while loading
     model, tokenizer = load_pair(cfg.model)
     max_length = _check_max_length(cfg, model)
-    splits = load_splits(cfg.data, cfg.test_data, cfg.max_train_samples, cfg.max_eval_samples)
     train_ds, eval_ds = (_tokenize(cfg, splits[s], tokenizer, max_length) for s in ("train", "validation"))
     args = _training_args(cfg, out, remove_unused_columns=True)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=trainer_metrics, callbacks=callbacks)
+    # the classifier's loss is a batch mean that ignores num_items_in_batch; left True, transformers 5.24 multiplies
+    # it by the number of processes under torchrun (2x loss and gradients) and skips the gradient-accumulation division
+    trainer.model_accepts_loss_kwargs = False
     meta = {"train_rows": len(train_ds), "max_length_effective": max_length}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
 
@@ -67,6 +72,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         raise ValueError(f"distill_student needs kind='distill', got {cfg.kind!r}")
     out, resume_from = _prepare_output(cfg)
     _set_threads(cfg.num_threads)
+    splits = load_splits(cfg.data, cfg.test_data, cfg.max_train_samples, cfg.max_eval_samples)  # data errors first
     transformers.set_seed(cfg.seed)
     teacher, teacher_tok = load_pair(cfg.teacher)
     student, tokenizer, layer_map = _make_student(cfg, teacher, teacher_tok)
@@ -76,7 +82,6 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         raise ValueError(f"hidden_loss needs equal widths; teacher hidden_size {teacher.config.hidden_size} != "
                          f"student {student.config.hidden_size}. Use --hidden_loss none or a student from the teacher.")
 
-    splits = load_splits(cfg.data, cfg.test_data, cfg.max_train_samples, cfg.max_eval_samples)
     train_rows = splits["train"]
     transfer_rows = 0
     if cfg.transfer_data:  # unlabelled reviews: KD term only (label -100)
@@ -101,6 +106,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         teacher.to("cuda" if use_cuda else "cpu")
         cache, cache_hit = teacher_logits(teacher, train_ds["input_ids"], tokenizer.pad_token_id or 0,
                                           cfg.per_device_eval_batch_size)
+        if cfg.hidden_loss == "none":  # the cache replaces the teacher during training: free its memory
+            teacher.to("cpu")
     args = _training_args(cfg, out, remove_unused_columns=False)
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
@@ -199,7 +206,10 @@ def _train_and_save(cfg: RunConfig, trainer: Trainer, tokenizer, splits, out: Pa
                     meta: dict) -> RunResult:
     started = time.time()
     try:
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if resume_from is not None and _finished(resume_from):
+            output = _restore_finished(trainer, resume_from)
+        else:
+            output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except BaseException:
         tracking.finish_run()
         raise
@@ -209,6 +219,8 @@ def _train_and_save(cfg: RunConfig, trainer: Trainer, tokenizer, splits, out: Pa
     if state.global_step < state.max_steps:  # a callback stopped the run (Cancel)
         tracking.finish_run()
         kept = last_trainer_checkpoint(work_dir(out))
+        if kept is None:
+            shutil.rmtree(work_dir(out), ignore_errors=True)
         what = (f"intermediate checkpoint {kept} kept: resume with --resume" if kept else "nothing was saved")
         return RunResult("cancelled", None, {}, f"cancelled at step {state.global_step}/{state.max_steps}; {what}",
                          state.log_history)
@@ -235,8 +247,26 @@ def _train_and_save(cfg: RunConfig, trainer: Trainer, tokenizer, splits, out: Pa
     return RunResult("done", out, metrics, f"saved {out}", state.log_history)
 
 
+def _finished(checkpoint: Path) -> bool:
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    return state.max_steps > 0 and state.global_step >= state.max_steps
+
+
+def _restore_finished(trainer: Trainer, checkpoint: Path) -> TrainOutput:
+    """Training had ended and only the publish was interrupted: load the final weights instead of training.
+
+    (Resuming from a checkpoint at max_steps makes transformers 5.24 run one step too many.)
+    """
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    train_loss = sum(losses) / len(losses) if losses else None  # mean of the logged losses (approximate)
+    return TrainOutput(trainer.state.global_step, train_loss, {"train_loss": train_loss, "train_runtime": 0.0})
+
+
 def _environment() -> dict:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 

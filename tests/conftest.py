@@ -60,10 +60,10 @@ def tiny_bert(layers: int = 2, seed: int = 0, hidden: int = 64):
         intermediate_size=128, max_position_embeddings=64, num_labels=2))
 
 
-def tiny_distilbert(seed: int = 1):
+def tiny_distilbert(seed: int = 1, layers: int = 1):
     torch.manual_seed(seed)
     return AutoModelForSequenceClassification.from_config(DistilBertConfig(
-        vocab_size=len(VOCAB), dim=64, n_layers=1, n_heads=2, hidden_dim=128, max_position_embeddings=64,
+        vocab_size=len(VOCAB), dim=64, n_layers=layers, n_heads=2, hidden_dim=128, max_position_embeddings=64,
         num_labels=2))
 
 

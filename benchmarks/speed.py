@@ -1,0 +1,459 @@
+"""Speed side by side: kdapp's KD training and inference paths vs what a user of the seed would run, on IMDb reviews.
+
+Usage: python benchmarks/speed.py --quick (smoke run) | python benchmarks/speed.py --out benchmarks/results/speed_cpu
+"""
+# Measured, each with its ratio and the issue's target (all-MiniLM-L6-v2 teacher, a 3-layer student made from it,
+# reviews of ../shared/data/imdb/train.parquet in the seed's split):
+# - KD training samples/s, 1 epoch: kdapp's distill_student (length-grouped batches, dynamic padding, OMP PASSIVE) vs
+#   a seed-faithful Trainer subclass (every review padded to max_length, teacher on the fly, libgomp's default
+#   threads), run in a subprocess because the OpenMP wait policy is fixed when torch loads;
+# - 2 epochs with the teacher-logit cache vs without (wall time of distill_student, cache pass included);
+# - inference over the validation reviews: kdapp fp32 / bf16 / int8 vs transformers.pipeline(batch_size=100), with
+#   accuracy; student vs teacher at batch 100; arch:bert-base vs arch:distilbert-base at batch 100;
+# - achieved model FLOP/s (2 * non-embedding params * real tokens + attention; training 3x) as a fraction of this
+#   machine's measured fp32 matmul FLOP/s in the same thread setting.
+from __future__ import annotations
+
+import os
+import sys
+
+BASELINE_WORKER = "--baseline_worker" in sys.argv
+if BASELINE_WORKER:
+    os.environ.pop("OMP_WAIT_POLICY", None)  # the seed's setting: libgomp's default (spin, then sleep)
+else:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # kdapp's setting; read by libgomp when torch loads, so set it first
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local: no hub probes or retries
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+OMP_AT_TORCH_IMPORT = os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default)")
+import torch  # noqa: E402  (before kdapp in the worker: its PASSIVE default must not reach libgomp there)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "imdb" / "train.parquet"
+DEFAULT_TEACHER = ROOT / "checkpoints" / "cpu-scale" / "kdapp-teacher"
+RECIPE = dict(per_device_train_batch_size=16, learning_rate=1e-4, alpha=0.5, temperature=2.0, seed=42)
+TARGETS = {"train_1ep": 1.5, "cache_2ep": 1.4, "infer_fp32": 1.2, "infer_fastest": 2.5, "arch": 1.9}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- shared measurements
+def matmul_gflops(n: int = 2048, dtype=torch.float32, repeats: int = 5) -> float:
+    """Best-of-`repeats` GFLOP/s of an (n x n) @ (n x n) matmul: this machine's practical peak at this setting."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
+    a @ b  # warm-up: thread pool start, allocations
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return round(2 * n**3 / best / 1e9, 2)
+
+
+def seed_split_rows(data: str, n_train: int, n_eval: int):
+    """The seed's split with plain `datasets` (as the seed did): (train rows, validation rows)."""
+    from datasets import load_dataset
+
+    raw = load_dataset("parquet", data_files=data, split="train")
+    parts = raw.shuffle(seed=42).train_test_split(test_size=0.1, seed=42)
+    return parts["train"].select(range(n_train)), parts["test"].select(range(min(n_eval, len(parts["test"]))))
+
+
+def pipeline_pass(model, tokenizer, texts, labels, max_length: int, batch_size: int = 100) -> dict:
+    """transformers.pipeline over every text, as the issue writes it: throughput and accuracy."""
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=model, tokenizer=tokenizer, batch_size=batch_size, truncation=True,
+                   max_length=max_length, device="cpu")
+    clf(texts[:8])  # warm-up
+    start = time.perf_counter()
+    out = clf(texts)
+    seconds = time.perf_counter() - start
+    label2id = {k.upper(): v for k, v in model.config.label2id.items()}
+    preds = np.array([label2id.get(o["label"].upper(), int(o["label"].rsplit("_", 1)[-1])
+                                   if o["label"].rsplit("_", 1)[-1].isdigit() else -1) for o in out])
+    return {"seconds": round(seconds, 2), "samples_per_s": round(len(texts) / seconds, 2),
+            "accuracy": round(float((preds == np.asarray(labels)).mean()), 4), "n": len(texts)}
+
+
+# ---------------------------------------------------------------- the seed-faithful baseline (subprocess)
+def run_baseline(spec: dict) -> dict:
+    """Seed-faithful KD (1 epoch, padded to max_length, teacher on the fly, default threads) + pipeline inference."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from kdapp.models import student_from_teacher  # after torch: kdapp's PASSIVE default is too late for libgomp
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["teacher"])
+    teacher = AutoModelForSequenceClassification.from_pretrained(spec["teacher"])
+    torch.manual_seed(RECIPE["seed"])
+    student = student_from_teacher(teacher, 3)
+    train, valid = seed_split_rows(spec["data"], spec["n_train"], spec["n_eval"])
+    result = {"env": {"omp_wait_policy": OMP_AT_TORCH_IMPORT, "threads": torch.get_num_threads()},
+              "matmul_fp32_gflops": matmul_gflops(spec["matmul_n"])}
+    if spec["training"]:
+        result["training"] = seed_kd_epoch(spec, teacher, student, tokenizer, train)
+    if spec["inference"]:
+        result["pipeline"] = pipeline_pass(teacher, tokenizer, list(valid["text"]), valid["label"], spec["max_length"])
+    return result
+
+
+def seed_kd_epoch(spec: dict, teacher, student, tokenizer, train) -> dict:
+    """The seed's KD recipe: reviews padded to max_length, a Trainer subclass running the teacher on the fly."""
+    import torch.nn.functional as F
+    from transformers import Trainer, TrainingArguments
+
+    max_length = spec["max_length"]
+    train = train.map(lambda b: tokenizer(b["text"], padding="max_length", truncation=True, max_length=max_length),
+                      batched=True, remove_columns=[c for c in train.column_names if c != "label"])
+    useful = [int(sum(m)) for m in train["attention_mask"]]  # real tokens per row (the rest is padding)
+    alpha, temperature = RECIPE["alpha"], RECIPE["temperature"]
+
+    class SeedKDTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = model(**inputs)
+            with torch.no_grad():
+                t = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            kd = F.kl_div(F.log_softmax(out.logits / temperature, -1), F.softmax(t / temperature, -1),
+                          reduction="batchmean") * temperature**2
+            loss = alpha * out.loss + (1 - alpha) * kd
+            return (loss, out) if return_outputs else loss
+
+    teacher.eval()
+    args = TrainingArguments(output_dir=spec["output_dir"], num_train_epochs=1,
+                             per_device_train_batch_size=RECIPE["per_device_train_batch_size"],
+                             learning_rate=RECIPE["learning_rate"], warmup_steps=0.1, seed=RECIPE["seed"],
+                             save_strategy="no", eval_strategy="no", logging_steps=50, report_to="none",
+                             use_cpu=True, disable_tqdm=True)
+    trainer = SeedKDTrainer(model=student, args=args, train_dataset=train, processing_class=tokenizer)
+    metrics = trainer.train().metrics
+    return {"train_runtime_s": round(metrics["train_runtime"], 2),
+            "train_samples_per_second": metrics["train_samples_per_second"],
+            "rows": len(train), "useful_tokens": sum(useful), "executed_tokens": len(train) * max_length}
+
+
+def baseline_in_subprocess(spec: dict, work: Path) -> dict:
+    spec_path, out_path = work / "baseline_spec.json", work / "baseline_result.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--baseline_worker", str(spec_path),
+                    "--worker_out", str(out_path)], env=env, cwd=work, check=True)
+    return json.loads(out_path.read_text())
+
+
+# ---------------------------------------------------------------- kdapp's paths (this process)
+def ensure_teacher(args, work: Path) -> tuple[str, str]:
+    """(teacher folder, how it was obtained): --teacher, the cpu-scale checkpoint, or a short fine-tune here."""
+    from kdapp.checkpoints import is_complete
+    from kdapp.config import RunConfig
+    from kdapp.train import train_teacher
+
+    if args.teacher:
+        return str(Path(args.teacher).resolve()), "given (--teacher)"
+    if is_complete(DEFAULT_TEACHER):
+        return str(DEFAULT_TEACHER), "checkpoints/cpu-scale/kdapp-teacher"
+    log(f"no fine-tuned teacher given: fine-tuning MiniLM for {args.teacher_steps} steps (accuracies will be modest)")
+    cfg = RunConfig(kind="teacher", model="minilm", data=args.data, max_train_samples=args.n_reviews,
+                    max_eval_samples=64, max_length=args.max_length, max_steps=args.teacher_steps,
+                    learning_rate=1e-4, warmup_steps=0.1, eval_strategy="no", output_dir=str(work / "teacher"),
+                    save_steps=10**9)
+    return str(train_teacher(cfg).output_dir), f"MiniLM fine-tuned here for {args.teacher_steps} steps"
+
+
+def kd_run(args, teacher: str, work: Path, name: str, epochs: float, cache: bool) -> dict:
+    """One distill_student run: wall time (loading and the cache pass included) and the Trainer's own numbers."""
+    import kdapp.train as ktrain
+    from kdapp.config import RunConfig
+
+    spent = {"cache_s": 0.0}
+    original = ktrain.teacher_logits
+
+    def timed_cache(*a, **k):  # the teacher pass of --cache_teacher_logits happens before trainer.train()
+        start = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            spent["cache_s"] += time.perf_counter() - start
+
+    cfg = RunConfig(kind="distill", teacher=teacher, student="from-teacher", student_layers=3, data=args.data,
+                    max_train_samples=args.n_reviews, max_eval_samples=args.n_score, max_length=args.max_length,
+                    num_train_epochs=epochs, warmup_steps=0.1, cache_teacher_logits=cache, eval_strategy="no",
+                    save_steps=10**9, logging_steps=50, output_dir=str(work / name), report_to="none", **RECIPE)
+    ktrain.teacher_logits = timed_cache
+    start = time.perf_counter()
+    try:
+        result = ktrain.distill_student(cfg)
+    finally:
+        ktrain.teacher_logits = original
+    wall = time.perf_counter() - start
+    m = result.metrics
+    return {"wall_s": round(wall, 2), "train_runtime_s": m["train_runtime_s"],
+            "train_samples_per_second": m["train_samples_per_second"], "cache_s": round(spent["cache_s"], 2),
+            "epochs": epochs, "cached": cache, "output_dir": str(result.output_dir)}
+
+
+def kdapp_pass(model, tokenizer, texts, labels, max_length: int, precision: str, batch_size: int = 100) -> dict:
+    """kdapp's fast path (tokenize, length-sorted batches, dynamic padding) at `precision`: throughput, accuracy."""
+    from kdapp.benchmark import state_dict_size_mb
+    from kdapp.inference import predict_logits, prepare_model
+
+    prepared = prepare_model(model, precision, "cpu")
+    predict_logits(prepared, tokenizer, texts[:8], max_length, batch_size)  # warm-up
+    start = time.perf_counter()
+    logits = predict_logits(prepared, tokenizer, texts, max_length, batch_size)
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 2), "samples_per_s": round(len(texts) / seconds, 2),
+            "accuracy": round(float((logits.argmax(-1) == np.asarray(labels)).mean()), 4), "n": len(texts),
+            "size_mb": state_dict_size_mb(prepared)}
+
+
+def model_flops(model, lengths: list[int]) -> float:
+    from kdapp.benchmark import _layers_hidden, forward_flops, non_embedding_params
+
+    layers, hidden = _layers_hidden(model.config)
+    return forward_flops(non_embedding_params(model), layers, hidden, lengths)
+
+
+# ---------------------------------------------------------------- the whole comparison
+def main() -> None:
+    args = parse_args()
+    if BASELINE_WORKER:
+        Path(args.worker_out).write_text(json.dumps(run_baseline(json.loads(Path(args.baseline_worker).read_text()))))
+        return
+    import kdapp  # noqa: F401
+    from kdapp.benchmark import bench_env, markdown_table, native_bf16, run_benchmark
+    from kdapp.encoding import encode
+    from kdapp.models import count_parameters, load_pair, student_from_teacher
+
+    args.data = str(Path(args.data).resolve())
+    if not Path(args.data).is_file():
+        sys.exit(f"{args.data} not found: pass --data or run from a checkout with ../shared/data/imdb beside it")
+    out = Path(args.out).resolve()
+    work = Path(tempfile.mkdtemp(prefix="kdapp-speed-"))
+    os.chdir(work)  # the logit cache and the runs land here: every cache starts empty, nothing stale is reused
+    started = time.perf_counter()
+    report = {"setup": vars(args) | {"env": bench_env("cpu")}, "training": {}, "inference": {}, "flops": {}}
+    try:
+        teacher_dir, how = ensure_teacher(args, work)
+        report["setup"].update(teacher=teacher_dir, teacher_source=how)
+        teacher, tokenizer = load_pair(teacher_dir)
+        train_rows, valid_rows = seed_split_rows(args.data, args.n_reviews, args.n_reviews)
+        train_len = [len(x) for x in encode(tokenizer, list(train_rows["text"]), args.max_length)]
+        texts, labels = list(valid_rows["text"]), list(valid_rows["label"])
+        valid_len = [len(x) for x in encode(tokenizer, texts, args.max_length)]
+        student0 = student_from_teacher(teacher, 3)
+        report["setup"].update(train_rows=len(train_rows), eval_rows=len(texts),
+                               mean_train_tokens=round(float(np.mean(train_len)), 1),
+                               teacher_params=count_parameters(teacher), student_params=count_parameters(student0))
+        peak = matmul_gflops(args.matmul_n)
+        report["matmul_fp32_gflops"] = {"passive": peak}
+        log(f"fp32 matmul peak (PASSIVE, {torch.get_num_threads()} threads): {peak} GFLOP/s")
+
+        if "training" in args.parts or "inference" in args.parts:
+            log("baseline (subprocess, default OpenMP): seed-faithful KD, 1 epoch" +
+                (" + pipeline inference" if "inference" in args.parts else ""))
+            base = baseline_in_subprocess({"teacher": teacher_dir, "data": args.data, "n_train": args.n_reviews,
+                                           "n_eval": args.n_reviews, "max_length": args.max_length,
+                                           "output_dir": str(work / "baseline"), "matmul_n": args.matmul_n,
+                                           "training": "training" in args.parts,
+                                           "inference": "inference" in args.parts}, work)
+            report["matmul_fp32_gflops"]["default"] = base["matmul_fp32_gflops"]
+            peak = max(peak, base["matmul_fp32_gflops"])  # the machine's best: one yardstick for every path
+            report["setup"]["baseline_env"] = base["env"]
+            if "training" in base:
+                report["training"]["seed_baseline_1ep"] = base["training"]
+            if "pipeline" in base:
+                report["inference"]["pipeline_default_env"] = base["pipeline"]
+
+        student_dir = None
+        if "training" in args.parts:
+            for name, epochs, cache in (("kdapp_1ep", 1, False), ("kdapp_2ep_nocache", 2, False),
+                                        ("kdapp_2ep_cache", 2, True)):
+                log(f"kdapp KD: {name}")
+                report["training"][name] = kd_run(args, teacher_dir, work, name, epochs, cache)
+            student_dir = report["training"]["kdapp_2ep_cache"]["output_dir"]
+            flops_student = 3 * model_flops(student0, train_len)  # forward + backward per epoch
+            flops_teacher = model_flops(teacher, train_len)  # one forward per epoch on the fly, once when cached
+            t = report["training"]
+            b = t["seed_baseline_1ep"]
+            report["flops"]["train_kdapp_1ep"] = _fraction(
+                (flops_student + flops_teacher) / t["kdapp_1ep"]["train_runtime_s"], peak)
+            report["flops"]["train_baseline_1ep"] = _fraction((flops_student + flops_teacher) / b["train_runtime_s"],
+                                                              peak)
+            padded = [args.max_length] * len(train_len)  # what the baseline computes, padding included
+            executed = 3 * model_flops(student0, padded) + model_flops(teacher, padded)
+            report["flops"]["train_baseline_1ep_executed_incl_padding"] = _fraction(executed / b["train_runtime_s"],
+                                                                                    peak)
+
+        if "inference" in args.parts:
+            inf = report["inference"]
+            log("inference: transformers.pipeline (PASSIVE, this process)")
+            inf["pipeline"] = pipeline_pass(teacher, tokenizer, texts, labels, args.max_length)
+            for precision in ("fp32", "bf16", "int8"):
+                # without avx512_bf16/AMX, bf16 is emulated (~10x slower than fp32 here): time a subset only
+                n = len(texts) if precision != "bf16" or native_bf16() else min(len(texts), args.bf16_subset)
+                subset = "" if n == len(texts) else f" (first {n} reviews: no native bf16)"
+                log(f"inference: kdapp {precision}{subset}")
+                inf[f"kdapp_{precision}"] = kdapp_pass(teacher, tokenizer, texts[:n], labels[:n], args.max_length,
+                                                       precision)
+            student, student_tok = load_pair(student_dir) if student_dir else (student0, tokenizer)
+            for precision in ("fp32", "int8"):
+                log(f"inference: student {precision}")
+                inf[f"student_{precision}"] = kdapp_pass(student, student_tok, texts, labels, args.max_length,
+                                                         precision)
+                inf[f"student_{precision}"]["trained"] = student_dir is not None
+            f_teacher, f_student = model_flops(teacher, valid_len), model_flops(student0, valid_len)
+            for key in ("pipeline", "kdapp_fp32", "kdapp_bf16", "kdapp_int8"):
+                share = inf[key]["n"] / len(texts)  # the bf16 subset does a share of the work
+                report["flops"][f"infer_{key}"] = _fraction(f_teacher * share / inf[key]["seconds"], peak)
+            report["flops"]["infer_student_fp32"] = _fraction(f_student / inf["student_fp32"]["seconds"], peak)
+
+        if "arch" in args.parts:
+            log(f"architectures: bert-base vs distilbert-base, batch {args.arch_batch} x {args.arch_seq} tokens")
+            arch = run_benchmark(["arch:bert-base-uncased", "arch:distilbert-base-uncased"], (args.arch_batch,),
+                                 args.arch_seq, "cpu", ("fp32",), n_texts=args.arch_batch, repeats=args.arch_repeats)
+            report["arch"] = arch
+            report["arch_table"] = markdown_table(arch)
+            for r in arch["rows"]:
+                report["flops"][f"infer_{r['model']}"] = _fraction(r["achieved_gflop_per_s"] * 1e9, peak)
+    finally:
+        os.chdir(ROOT)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report["ratios"] = ratios(report)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_report(report, out)
+
+
+def _fraction(flop_per_s: float, peak_gflops: float) -> dict:
+    gflops = flop_per_s / 1e9
+    return {"gflop_per_s": round(gflops, 2), "fraction_of_matmul_peak": round(gflops / peak_gflops, 3)}
+
+
+def ratios(report: dict) -> list[dict]:
+    """Each comparison of the issue: value (higher is better for kdapp), target, met."""
+    out, t, inf = [], report["training"], report["inference"]
+
+    def add(key, what, value, extra=""):
+        target = TARGETS.get(key)
+        out.append({"key": key, "what": what, "ratio": round(value, 3), "target": target,
+                    "met": None if target is None else bool(value >= target), "note": extra})
+
+    if "kdapp_1ep" in t and "seed_baseline_1ep" in t:
+        add("train_1ep", "KD training samples/s, 1 epoch: kdapp / seed-faithful Trainer",
+            t["kdapp_1ep"]["train_samples_per_second"] / t["seed_baseline_1ep"]["train_samples_per_second"])
+    if "kdapp_2ep_cache" in t:
+        nc, c = t["kdapp_2ep_nocache"], t["kdapp_2ep_cache"]
+        add("cache_2ep", "2 epochs wall time: no cache / logit cache", nc["wall_s"] / c["wall_s"],
+            f"cache pass {c['cache_s']:.0f} s included; with a warm cache from an earlier run (sweep, rerun): "
+            f"{nc['wall_s'] / (c['wall_s'] - c['cache_s']):.2f}x (derived: wall minus cache pass)")
+    if "kdapp_fp32" in inf:
+        p = inf["pipeline"]["samples_per_s"]
+        fp32 = inf["kdapp_fp32"]
+        add("infer_fp32", "inference reviews/s: kdapp fp32 / pipeline", fp32["samples_per_s"] / p,
+            _vs_default(inf, fp32))
+        best = max(("kdapp_fp32", "kdapp_bf16", "kdapp_int8"), key=lambda k: inf[k]["samples_per_s"])
+        change = (inf[best]["accuracy"] - fp32["accuracy"]) * 100
+        add("infer_fastest", f"inference reviews/s: fastest kdapp path ({best.split('_')[1]}) / pipeline",
+            inf[best]["samples_per_s"] / p, f"accuracy {change:+.2f} points vs fp32 (target: within 0.3); "
+                                            + _vs_default(inf, inf[best]))
+        add("student_teacher", "inference reviews/s at batch 100: student / teacher (kdapp fp32)",
+            inf["student_fp32"]["samples_per_s"] / fp32["samples_per_s"])
+    if "arch" in report:
+        rows = {r["model"]: r for r in report["arch"]["rows"]}
+        add("arch", f"throughput at batch {rows['arch:bert-base-uncased']['batch_size']}: distilbert-base / bert-base",
+            rows["arch:distilbert-base-uncased"]["throughput_samples_per_s"]
+            / rows["arch:bert-base-uncased"]["throughput_samples_per_s"])
+    return out
+
+
+def _vs_default(inf: dict, path: dict) -> str:
+    if "pipeline_default_env" not in inf:
+        return ""
+    ratio = path["samples_per_s"] / inf["pipeline_default_env"]["samples_per_s"]
+    return f"vs pipeline with default OpenMP threads: {ratio:.2f}x"
+
+
+def write_report(report: dict, out: Path) -> None:
+    s, env = report["setup"], report["setup"]["env"]
+    lines = [f"# kdapp speed vs the usual tools ({s['train_rows']} training / {s['eval_rows']} validation reviews, "
+             f"max_length {s['max_length']})", "",
+             f"Machine: {env['cpu_model']}, {env['cpu_count']} CPUs ({', '.join(env['cpu_flags']) or 'no AVX flags'}"
+             f"; native bf16: {env['native_bf16']}), torch {env['torch']}, transformers {env['transformers']}; "
+             f"load average at start {env['load_avg_1m']}. Teacher: {s['teacher_source']}. "
+             f"Total {report['seconds']:.0f} s.",
+             "", "| comparison | ratio | target | met | note |", "|---|---|---|---|---|"]
+    for r in report["ratios"]:
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['what']} | {r['ratio']:.2f}x | {r['target'] or '-'} | {met} | {r['note']} |")
+    if report["training"]:
+        lines += ["", "| training run | samples/s | train s | wall s | cache pass s |", "|---|---|---|---|---|"]
+        for k, v in report["training"].items():
+            lines.append(f"| {k} | {v['train_samples_per_second']:.2f} | {v['train_runtime_s']:.1f} | "
+                         f"{v.get('wall_s', '-')} | {v.get('cache_s', '-')} |")
+    if report["inference"]:
+        lines += ["", "| inference path | reviews/s | accuracy | reviews | size MB |", "|---|---|---|---|---|"]
+        for k, v in report["inference"].items():
+            lines.append(f"| {k} | {v['samples_per_s']:.1f} | {100 * v['accuracy']:.2f} % | {v['n']} | "
+                         f"{v.get('size_mb', '-')} |")
+    peaks = report["matmul_fp32_gflops"]
+    lines += ["", f"Achieved model FLOP/s vs this machine's best measured fp32 matmul (GFLOP/s: {peaks}):", "",
+              "| path | GFLOP/s | fraction of peak |", "|---|---|---|"]
+    lines += [f"| {k} | {v['gflop_per_s']} | {v['fraction_of_matmul_peak']:.1%} |" for k, v in report["flops"].items()]
+    if "arch_table" in report:
+        lines += ["", report["arch_table"]]
+    text = "\n".join(lines)
+    print("\n" + text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"\nwrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog="The full run takes over an hour on 2 cores; --parts splits it.")
+    p.add_argument("--n_reviews", type=int, default=2000, help="training reviews, and validation reviews to classify")
+    p.add_argument("--teacher", help=f"fine-tuned teacher folder (default: {DEFAULT_TEACHER.relative_to(ROOT)} if "
+                                     "complete, else MiniLM fine-tuned here for --teacher_steps)")
+    p.add_argument("--teacher_steps", type=int, default=100, help="steps of the teacher made here when none is given")
+    p.add_argument("--data", default=str(DATA), help="IMDb parquet (read, never copied)")
+    p.add_argument("--max_length", type=int, default=256)
+    p.add_argument("--n_score", type=int, default=200, help="validation rows each KD run scores at its end")
+    p.add_argument("--parts", nargs="+", default=["training", "inference", "arch"],
+                   choices=["training", "inference", "arch"], help="what to measure")
+    p.add_argument("--arch_batch", type=int, default=100)
+    p.add_argument("--arch_seq", type=int, default=128)
+    p.add_argument("--arch_repeats", type=int, default=2)
+    p.add_argument("--matmul_n", type=int, default=2048)
+    p.add_argument("--bf16_subset", type=int, default=100, help="reviews timed in bf16 on a CPU without native bf16")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every code path")
+    p.add_argument("--keep", action="store_true", help="keep the temporary work folder (runs, cache)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed_cpu"), help="report path (.md, .json)")
+    p.add_argument("--baseline_worker", help=argparse.SUPPRESS)
+    p.add_argument("--worker_out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.quick:
+        args.n_reviews, args.max_length, args.n_score, args.teacher_steps = 48, 128, 16, 4
+        args.arch_batch, args.arch_seq, args.arch_repeats, args.matmul_n, args.bf16_subset = 8, 32, 1, 512, 16
+        if args.out == p.get_default("out"):
+            args.out = str(ROOT / "benchmarks" / "results" / "speed_quick")
+    return args
+
+
+if __name__ == "__main__":
+    main()

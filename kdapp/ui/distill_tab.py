@@ -1,0 +1,148 @@
+"""Tab "Distill student": teacher checkpoint, student, alpha/T and the recipe options -> a KD student (and the no-KD
+student with alpha = 1, in the same job) with live curves of the total loss and its CE / KD parts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from ..config import FROM_TEACHER, RunConfig
+from ..jobs import Stage
+from ..train import distill_student
+from .common import AppContext, Refresher, read_json, as_int, guarded, local_imdb
+from .job_panel import attach_latest, build_config, build_job_panel, start_job
+from .train_tab import default_threads
+
+FROM_TEACHER_LABEL = "made from the teacher (every other layer)"
+OTHER_LABEL = "hub id or local checkpoint"
+STUDENT_MODELS = ["distilbert-base-uncased"]
+DEFAULTS = RunConfig(kind="distill", teacher="-")
+
+
+def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
+    gr.Markdown("Distil a fine-tuned **teacher** into a smaller **student**: loss = alpha · CE(labels) + "
+                "(1 − alpha) · T² · KL(teacher ‖ student). Tick *also train the no-KD student* to see what "
+                "distillation buys: the same student trained with alpha = 1 (labels only).")
+    no_teacher = gr.Markdown(visible=False, elem_id="distill_empty")
+    with gr.Row():
+        teacher = gr.Dropdown([], label="Teacher checkpoint", allow_custom_value=True, elem_id="distill_teacher",
+                              scale=3, info="a fine-tuned teacher run (train one in 'Train teacher')")
+        student_source = gr.Radio([FROM_TEACHER_LABEL, OTHER_LABEL], value=FROM_TEACHER_LABEL, label="Student",
+                                  elem_id="distill_student_source", scale=2)
+    with gr.Row():
+        student_layers = gr.Number(0, label="Student layers (0 = half the teacher's)", precision=0,
+                                   elem_id="distill_layers")
+        student = gr.Dropdown(STUDENT_MODELS, value=STUDENT_MODELS[0], allow_custom_value=True,
+                              label="Student model (hub id or local folder)", visible=False, elem_id="distill_student")
+        data = gr.Dropdown([x for x in (local_imdb(), "imdb") if x], value=local_imdb() or "imdb",
+                           allow_custom_value=True, label="Data", elem_id="distill_data")
+    with gr.Row():
+        alpha = gr.Slider(0, 1, value=DEFAULTS.alpha, step=0.05, label="alpha (weight on the labels' CE)",
+                          elem_id="distill_alpha")
+        temperature = gr.Slider(1, 10, value=DEFAULTS.temperature, step=0.5, label="T (temperature)",
+                                elem_id="distill_temperature")
+        also_nokd = gr.Checkbox(True, label="Also train the no-KD student (alpha = 1) afterwards",
+                                elem_id="distill_also_nokd")
+    with gr.Row():
+        max_train = gr.Number(0, label="Training reviews (0 = all)", precision=0, elem_id="distill_max_train")
+        max_eval = gr.Number(0, label="Validation reviews (0 = all)", precision=0, elem_id="distill_max_eval")
+        epochs = gr.Number(DEFAULTS.num_train_epochs, label="Epochs", elem_id="distill_epochs")
+        lr = gr.Number(DEFAULTS.learning_rate, label="Learning rate", elem_id="distill_lr")
+    with gr.Row():
+        batch = gr.Number(DEFAULTS.per_device_train_batch_size, label="Batch size", precision=0)
+        max_length = gr.Number(DEFAULTS.max_length, label="Max length (tokens)", precision=0,
+                               elem_id="distill_max_length")
+        warmup = gr.Number(DEFAULTS.warmup_steps, label="Warm-up (fraction < 1, or steps)", elem_id="distill_warmup")
+        wandb = gr.Checkbox(False, label="Log to W&B (offline files without a key)")
+    with gr.Accordion("Advanced: recipe options", open=False):
+        with gr.Row():
+            truncation = gr.Radio(["head", "head_tail"], value=DEFAULTS.truncation, label="Truncation")
+            transfer_data = gr.Radio(["none", "rest"], value="none", label="Transfer set (KD term only)",
+                                     info="'rest': the training reviews not used as labelled rows")
+            transfer_samples = gr.Number(0, label="Transfer reviews (0 = all)", precision=0)
+        with gr.Row():
+            hidden_loss = gr.Radio(["none", "cosine", "mse"], value=DEFAULTS.hidden_loss, label="Hidden-state loss")
+            hidden_loss_weight = gr.Number(DEFAULTS.hidden_loss_weight, label="Hidden-state loss weight")
+            cache_logits = gr.Checkbox(DEFAULTS.cache_teacher_logits, label="Cache the teacher's logits")
+        with gr.Row():
+            max_steps = gr.Number(0, label="Max steps (0 = use epochs)", precision=0, elem_id="distill_max_steps")
+            logging_steps = gr.Number(DEFAULTS.logging_steps, label="Log every N steps", precision=0,
+                                      elem_id="distill_logging_steps")
+            eval_strategy = gr.Radio(["epoch", "steps", "no"], value=DEFAULTS.eval_strategy, label="Evaluate")
+            seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
+            threads = gr.Number(default_threads(), label="CPU threads for training (empty = all)", precision=0)
+            run_name = gr.Textbox("", label="Run name (empty = automatic)")
+    with gr.Row():
+        start = gr.Button("Start", variant="primary", elem_id="distill_start", scale=2)
+        cancel = gr.Button("Cancel", variant="stop", elem_id="distill_cancel", scale=1)
+    panel = build_job_panel(ctx, "distill", runs_version, "Distillation loss: total, CE and KD parts", cancel)
+
+    form = [teacher, student_source, student, student_layers, data, max_train, max_eval, epochs, lr, batch,
+            max_length, warmup, alpha, temperature, also_nokd, wandb, truncation, transfer_data, transfer_samples,
+            hidden_loss, hidden_loss_weight, cache_logits, max_steps, logging_steps, eval_strategy, seed, threads,
+            run_name]
+
+    @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
+    def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
+                      num_train_epochs, learning_rate, batch_size, max_length, warmup_steps, alpha, temperature,
+                      also_nokd, use_wandb, truncation, transfer_data, transfer_samples, hidden_loss,
+                      hidden_loss_weight, cache_teacher_logits, max_steps, logging_steps, eval_strategy, seed,
+                      num_threads, run_name):
+        """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
+        from_teacher = student_source != OTHER_LABEL
+        values = dict(
+            teacher=(teacher or "").strip() or None, student=FROM_TEACHER if from_teacher else (student or "").strip(),
+            student_layers=as_int(student_layers), data=(data or "").strip(),
+            max_train_samples=as_int(max_train_samples), max_eval_samples=as_int(max_eval_samples),
+            num_train_epochs=float(num_train_epochs or 0), learning_rate=float(learning_rate or 0),
+            per_device_train_batch_size=as_int(batch_size, False) or 0, max_length=as_int(max_length, False) or 0,
+            warmup_steps=float(warmup_steps or 0), alpha=float(alpha), temperature=float(temperature),
+            report_to="wandb" if use_wandb else "none", truncation=truncation,
+            transfer_data=None if transfer_data in (None, "", "none") else transfer_data,
+            transfer_samples=as_int(transfer_samples), hidden_loss=hidden_loss,
+            hidden_loss_weight=float(hidden_loss_weight or 0), cache_teacher_logits=bool(cache_teacher_logits),
+            max_steps=as_int(max_steps) or -1, logging_steps=as_int(logging_steps, False) or 0,
+            eval_strategy=eval_strategy, seed=as_int(seed, False) or 0, num_threads=as_int(num_threads),
+            run_name=(run_name or "").strip() or None)
+        cfg = build_config("distill", ctx.root, **values)
+        stages = [Stage("KD student" if cfg.alpha < 1 else "no-KD student", distill_student, cfg)]
+        if also_nokd and cfg.alpha < 1:
+            nokd_name = f"{values['run_name']}-nokd" if values["run_name"] else None
+            nokd = build_config("distill", ctx.root, **(values | dict(
+                alpha=1.0, transfer_data=None, transfer_samples=None, hidden_loss="none",
+                cache_teacher_logits=False, run_name=nokd_name)))
+            stages.append(Stage("no-KD student", distill_student, nokd))
+        title = " + ".join(f"{s.label} {s.cfg.run_name}" for s in stages)
+        return start_job(ctx, "distill", title, stages, extra_nokd=len(stages) > 1)
+
+    def on_student_source(source):
+        other = source == OTHER_LABEL
+        return gr.update(visible=not other), gr.update(visible=other)
+
+    def on_teacher(path):
+        """Prefill data, lengths and sample counts from the teacher's run, and half its layers."""
+        rc = read_json(Path(path or "") / "run_config.json")
+        cfg = read_json(Path(path or "") / "config.json")
+        if not rc:
+            return (gr.skip(),) * 5
+        layers = cfg.get("num_hidden_layers") or cfg.get("n_layers")
+        return (rc.get("data") or gr.skip(), rc.get("max_length") or gr.skip(), rc.get("max_train_samples") or 0,
+                rc.get("max_eval_samples") or 0, gr.update(label=f"Student layers (0 = {max(1, layers // 2)}, half the "
+                                                                f"teacher's {layers})") if layers else gr.skip())
+
+    student_source.change(on_student_source, student_source, [student_layers, student], api_visibility="private")
+    teacher.change(on_teacher, teacher, [data, max_length, max_train, max_eval, student_layers],
+                   api_visibility="private")
+    start.click(start_distill, form, panel.start_outputs, api_name="start_distill")
+
+    def refresh(current):
+        choices = ctx.choices(("teacher",))
+        values = [v for _, v in choices]
+        value = current if current else (values[0] if values else None)
+        hint = ("" if choices else "**No teacher checkpoint yet.** Train one in the *Train teacher* tab (try *Quick "
+                "CPU run*), or type the folder of a fine-tuned teacher into the picker.")
+        return gr.update(choices=choices, value=value), gr.update(value=hint, visible=not choices)
+
+    refresher = Refresher(refresh, [teacher], [teacher, no_teacher])
+    attach = Refresher(lambda: attach_latest(ctx, "distill"), [], [panel.job_id, panel.timer])
+    return panel, refresher, attach

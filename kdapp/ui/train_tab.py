@@ -1,0 +1,113 @@
+"""Tab "Train teacher": a RunConfig form, a 'Quick CPU run' preset, Start -> a background job with a live loss curve."""
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+import torch
+
+from ..config import RunConfig
+from ..estimate import estimate_run
+from ..jobs import Stage
+from ..train import train_teacher
+from .common import AppContext, Refresher, as_int, guarded, local_imdb
+from .job_panel import attach_latest, build_config, build_job_panel, start_job
+
+TEACHER_MODELS = ["minilm", "bert-base-uncased", "distilbert-base-uncased"]
+DEFAULTS = RunConfig()
+
+
+def default_threads() -> int | None:
+    """Training leaves one core to predictions and benchmarks (STACK_NOTES 0); a GPU run needs no choice."""
+    return None if torch.cuda.is_available() else max(1, (os.cpu_count() or 2) - 1)
+
+
+def quick_preset() -> dict:
+    """all-MiniLM-L6-v2 on ~300 reviews at 128 tokens: a few minutes on 2 CPU cores."""
+    return dict(model="minilm", data=local_imdb() or "imdb", max_train_samples=300, max_eval_samples=200,
+                num_train_epochs=1.0, learning_rate=1e-4, per_device_train_batch_size=16, max_length=128,
+                warmup_steps=0.1)
+
+
+def build_train_tab(ctx: AppContext, runs_version: gr.Number):
+    gr.Markdown("Fine-tune a **teacher** on labelled reviews with cross-entropy. New to this? Press "
+                "**Quick CPU run**, then **Start**: a small model on a few hundred reviews, a few minutes on a CPU.")
+    with gr.Row():
+        model = gr.Dropdown(TEACHER_MODELS, value=DEFAULTS.model, allow_custom_value=True, label="Model",
+                            info="hub id, local folder, or 'minilm' (the pip-installed all-MiniLM-L6-v2)",
+                            elem_id="train_model", scale=2)
+        data = gr.Dropdown([x for x in (local_imdb(), "imdb") if x], value=local_imdb() or "imdb",
+                           allow_custom_value=True, label="Data", elem_id="train_data", scale=2,
+                           info="'imdb' (hub), or a .parquet/.csv/.jsonl file with text,label")
+    with gr.Row():
+        max_train = gr.Number(0, label="Training reviews (0 = all)", precision=0, elem_id="train_max_train")
+        max_eval = gr.Number(0, label="Validation reviews (0 = all)", precision=0, elem_id="train_max_eval")
+        epochs = gr.Number(DEFAULTS.num_train_epochs, label="Epochs", elem_id="train_epochs")
+        lr = gr.Number(DEFAULTS.learning_rate, label="Learning rate", elem_id="train_lr")
+    with gr.Row():
+        batch = gr.Number(DEFAULTS.per_device_train_batch_size, label="Batch size", precision=0, elem_id="train_batch")
+        max_length = gr.Number(DEFAULTS.max_length, label="Max length (tokens)", precision=0,
+                               elem_id="train_max_length")
+        warmup = gr.Number(DEFAULTS.warmup_steps, label="Warm-up (fraction < 1, or steps)", elem_id="train_warmup")
+        wandb = gr.Checkbox(False, label="Log to W&B (offline files without a key)", elem_id="train_wandb")
+    with gr.Accordion("Advanced", open=False):
+        with gr.Row():
+            truncation = gr.Radio(["head", "head_tail"], value=DEFAULTS.truncation, label="Truncation",
+                                  info="head_tail keeps the start and the end of long reviews")
+            eval_strategy = gr.Radio(["epoch", "steps", "no"], value=DEFAULTS.eval_strategy, label="Evaluate")
+            run_name = gr.Textbox("", label="Run name (empty = automatic)")
+        with gr.Row():
+            max_steps = gr.Number(0, label="Max steps (0 = use epochs)", precision=0, elem_id="train_max_steps")
+            logging_steps = gr.Number(DEFAULTS.logging_steps, label="Log every N steps", precision=0,
+                                      elem_id="train_logging_steps")
+            weight_decay = gr.Number(DEFAULTS.weight_decay, label="Weight decay")
+            seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
+            threads = gr.Number(default_threads(), label="CPU threads for training (empty = all)", precision=0,
+                                info="one core is left to predictions and benchmarks")
+    with gr.Row():
+        quick = gr.Button("Quick CPU run (preset)", elem_id="train_quick")
+        start = gr.Button("Start", variant="primary", elem_id="train_start")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="train_cancel")
+    panel = build_job_panel(ctx, "train", runs_version, "Teacher training loss", cancel)
+
+    form = [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, wandb, truncation, eval_strategy,
+            run_name, max_steps, logging_steps, weight_decay, seed, threads]
+
+    def config_from_form(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
+                         batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
+                         max_steps, logging_steps, weight_decay, seed, num_threads) -> RunConfig:
+        return build_config("teacher", ctx.root, model=(model or "").strip(), data=(data or "").strip(),
+                            max_train_samples=as_int(max_train_samples), max_eval_samples=as_int(max_eval_samples),
+                            num_train_epochs=float(num_train_epochs or 0), learning_rate=float(learning_rate or 0),
+                            per_device_train_batch_size=as_int(batch_size, False) or 0,
+                            max_length=as_int(max_length, False) or 0, warmup_steps=float(warmup_steps or 0),
+                            report_to="wandb" if use_wandb else "none", truncation=truncation,
+                            eval_strategy=eval_strategy, run_name=(run_name or "").strip() or None,
+                            max_steps=as_int(max_steps) or -1, logging_steps=as_int(logging_steps, False) or 0,
+                            weight_decay=float(weight_decay or 0), seed=as_int(seed, False) or 0,
+                            num_threads=as_int(num_threads))
+
+    @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
+    def start_teacher(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
+                      batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
+                      max_steps, logging_steps, weight_decay, seed, num_threads):
+        """Start fine-tuning a teacher in the background; returns (job id, status, timer)."""
+        cfg = config_from_form(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
+                               batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
+                               max_steps, logging_steps, weight_decay, seed, num_threads)
+        return start_job(ctx, "teacher", f"teacher {cfg.run_name}", [Stage("teacher", train_teacher, cfg)])
+
+    @guarded(lambda msg: (*[gr.skip()] * 9, f"Preset filled; no estimate: {msg}"), ctx)
+    def fill_quick():
+        p = quick_preset()
+        cfg = build_config("teacher", ctx.root, **p, num_threads=default_threads())
+        estimate = estimate_run(cfg)
+        return (p["model"], p["data"], p["max_train_samples"], p["max_eval_samples"], p["num_train_epochs"],
+                p["learning_rate"], p["per_device_train_batch_size"], p["max_length"], p["warmup_steps"],
+                f"Quick CPU run preset filled: press Start. {estimate.describe()}")
+
+    start.click(start_teacher, form, panel.start_outputs, api_name="start_teacher")
+    quick.click(fill_quick, None, [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup,
+                                   panel.status], api_name="quick_preset")
+    attach = Refresher(lambda: attach_latest(ctx, "teacher"), [], [panel.job_id, panel.timer])
+    return panel, attach

@@ -1,0 +1,160 @@
+"""The fast inference path: length-sorted batches in input order, int8/bf16 vs fp32, and the teacher-logit cache."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertTokenizerFast
+
+from conftest import VOCAB, make_reviews, tiny_bert
+from kdapp.__main__ import main
+from kdapp.cache import teacher_logits
+from kdapp.encoding import encode
+from kdapp.inference import length_batches, logits_from_ids, pad_batch, predict, predict_logits, prepare_model
+
+TEXTS = ["great", "the movie was awful and the plot was boring and dull", "good film",
+         "it was a really superb story and the acting was brilliant and i loved it", "bad", "the plot was dull",
+         "terrible", "a wonderful film"]
+
+
+@pytest.fixture(scope="module")
+def trained_model(tokenizer):
+    """A tiny BERT trained for a few dozen steps on synthetic reviews: confident on clear cases."""
+    model = tiny_bert(layers=2, seed=3)
+    rows = make_reviews(64, seed=1)
+    ids = encode(tokenizer, list(rows["text"]), 32)
+    labels = torch.tensor(rows["label"].values)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(40):
+        batch = list(range((step * 16) % 64, (step * 16) % 64 + 16))
+        loss = model(**pad_batch([ids[i] for i in batch], 0, "cpu"), labels=labels[batch]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+def _direct(model, ids):
+    """One row at a time, no padding: what the teacher gives."""
+    with torch.no_grad():
+        return torch.cat([model(input_ids=torch.tensor([row])).logits for row in ids]).float()
+
+
+def test_length_batches_cover_every_row_once_longest_first():
+    lengths = [3, 9, 1, 7, 7, 2, 5]
+    batches = length_batches(lengths, 3)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths))) and [len(b) for b in batches] == [3, 3, 1]
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+
+
+def test_pad_batch_pads_to_the_longest_row():
+    batch = pad_batch([[2, 5, 3], [2, 3]], pad_id=0, device="cpu")
+    assert batch["input_ids"].tolist() == [[2, 5, 3], [2, 3, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_sorted_batches_return_predictions_in_input_order(trained_model, tokenizer, batch_size):
+    batched = predict_logits(trained_model, tokenizer, TEXTS, max_length=32, batch_size=batch_size)
+    one_by_one = [predict_logits(trained_model, tokenizer, [t], max_length=32)[0] for t in TEXTS]
+    assert batched.shape == (len(TEXTS), 2)
+    assert torch.allclose(torch.from_numpy(batched), torch.from_numpy(np.stack(one_by_one)), atol=1e-5)
+
+
+def test_predict_labels_follow_the_logits(trained_model, tokenizer):
+    out = predict(trained_model, tokenizer, TEXTS, max_length=32)
+    logits = predict_logits(trained_model, tokenizer, TEXTS, max_length=32)
+    id2label = trained_model.config.id2label  # a config-built model says LABEL_0 / LABEL_1
+    assert [p["label"] for p in out] == [id2label[int(i)] for i in logits.argmax(-1)]
+    assert all(abs(sum(p["probs"]) - 1) < 1e-5 and p["score"] >= 0.5 for p in out)
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_low_precision_agrees_with_fp32_on_clear_cases(trained_model, tokenizer, precision):
+    texts = list(make_reviews(48, seed=5)["text"])
+    fp32 = predict_logits(trained_model, tokenizer, texts, max_length=32)
+    fast = predict_logits(prepare_model(trained_model, precision, "cpu"), tokenizer, texts, max_length=32)
+    margin = abs(fp32[:, 1] - fp32[:, 0])
+    clear = margin > 1.0
+    assert clear.sum() >= 24  # the trained model is confident on most rows
+    assert (fast.argmax(-1)[clear] == fp32.argmax(-1)[clear]).all()
+    assert abs(fast - fp32).max() < 0.5  # bounded drift, not just the same sign
+
+
+def test_prepare_model_copies_and_refuses_what_the_cpu_cannot_run(trained_model):
+    before = {k: v.clone() for k, v in trained_model.state_dict().items()}
+    quantized = prepare_model(trained_model, "int8", "cpu")
+    assert quantized is not trained_model and quantized.kdapp_precision == "int8"
+    assert all(torch.equal(before[k], v) for k, v in trained_model.state_dict().items())  # original untouched
+    for precision in ("fp16", "int4", "int2"):
+        with pytest.raises(ValueError):
+            prepare_model(trained_model, precision, "cpu")
+
+
+# ---------------------------------------------------------------- the teacher-logit cache
+def test_cache_returns_exactly_what_the_teacher_gives(trained_model, tokenizer, tmp_path):
+    ids = encode(tokenizer, TEXTS, 32)
+    logits, hit = teacher_logits(trained_model, ids, tokenizer.pad_token_id, batch_size=3, cache_dir=tmp_path)
+    assert not hit and logits.dtype == torch.float32 and logits.shape == (len(TEXTS), 2)
+    assert torch.allclose(logits, _direct(trained_model, ids), atol=1e-5)
+    again, hit = teacher_logits(trained_model, ids, tokenizer.pad_token_id, cache_dir=tmp_path)
+    assert hit and torch.equal(again, logits)
+
+
+def _count_computed(monkeypatch):
+    """Counts the rows the teacher actually runs on (cache misses)."""
+    import kdapp.cache
+
+    seen = []
+
+    def counting(model, ids, *args, **kwargs):
+        seen.append(len(ids))
+        return logits_from_ids(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(kdapp.cache, "logits_from_ids", counting)
+    return seen
+
+
+def test_cache_is_invalidated_by_data_tokenizer_max_length_and_teacher(trained_model, tokenizer, tmp_path,
+                                                                         monkeypatch):
+    computed = _count_computed(monkeypatch)
+    pad = tokenizer.pad_token_id
+    base = encode(tokenizer, TEXTS, 32)
+    teacher_logits(trained_model, base, pad, cache_dir=tmp_path)
+    assert computed == [len(TEXTS)]
+
+    changes = {
+        "max_length": encode(tokenizer, TEXTS, 8),  # the long reviews get cut differently
+        "data": encode(tokenizer, [t + " film" for t in TEXTS], 32),
+    }
+    other_vocab = tmp_path / "other-vocab"  # same words, other ids: every row's ids change
+    other_vocab.mkdir()
+    (other_vocab / "vocab.txt").write_text("\n".join(VOCAB[:5] + VOCAB[5:][::-1]) + "\n")
+    changes["tokenizer"] = encode(BertTokenizerFast.from_pretrained(str(other_vocab)), TEXTS, 32)
+    for what, ids in changes.items():
+        changed = sum(a != b for a, b in zip(ids, base))
+        assert changed > 0, what
+        computed.clear()
+        logits, hit = teacher_logits(trained_model, ids, pad, cache_dir=tmp_path)
+        assert not hit and computed == [changed], what  # exactly the changed rows are recomputed
+        assert torch.allclose(logits, _direct(trained_model, ids), atol=1e-5), what
+
+    computed.clear()
+    other_teacher = tiny_bert(layers=2, seed=11).eval()
+    logits, hit = teacher_logits(other_teacher, base, pad, cache_dir=tmp_path)
+    assert not hit and computed == [len(TEXTS)]  # new weights: a new cache file
+    assert torch.allclose(logits, _direct(other_teacher, base), atol=1e-5)
+
+
+def test_evaluate_reports_int8_next_to_fp32(teacher_dir, reviews_parquet, tmp_path, capsys):
+    out_file = tmp_path / "precisions.json"
+    code = main(["-q", "evaluate", "--model", str(teacher_dir), "--data", str(reviews_parquet), "--max_eval_samples",
+                 "40", "--max_length", "32", "--precision", "fp32", "int8", "--json", str(out_file)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "| fp32 |" in table and "| int8 |" in table and "vs fp32 (points)" in table
+    results = json.loads(out_file.read_text())["results"]
+    assert [r["precision"] for r in results] == ["fp32", "int8"] and all(r["n"] == 40 for r in results)
+    assert results[1]["size_mb"] < results[0]["size_mb"] and results[1]["params"] == results[0]["params"]

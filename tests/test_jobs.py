@@ -1,0 +1,157 @@
+"""Background jobs: progress snapshots, cancel within one optimizer step, failures, one job at a time."""
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from kdapp.config import RunConfig
+from kdapp.estimate import estimate_run, format_duration
+from kdapp.jobs import JobBusy, JobRegistry, ProgressCallback, Stage
+from kdapp.train import RunResult, train_teacher
+
+
+def tiny_cfg(teacher_dir, reviews_parquet, out, **kw) -> RunConfig:
+    values = dict(kind="teacher", model=str(teacher_dir), data=str(reviews_parquet), max_length=16, max_steps=4,
+                  per_device_train_batch_size=8, per_device_eval_batch_size=32, logging_steps=1, eval_strategy="no",
+                  max_eval_samples=16, save_steps=1000, output_dir=str(out), learning_rate=1e-3)
+    return RunConfig(**(values | kw))
+
+
+def fake_stage(label="fake", fn=None):
+    return Stage(label, fn or (lambda cfg, callbacks: RunResult("done", None, {}, f"{label} ok")), cfg=None)
+
+
+def wait_until(predicate, timeout=60.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_job_trains_and_records_progress(teacher_dir, reviews_parquet, tmp_path):
+    registry = JobRegistry()
+    cfg = tiny_cfg(teacher_dir, reviews_parquet, tmp_path / "teacher")
+    job = registry.start("teacher tiny", "teacher", [Stage("teacher", train_teacher, cfg)], estimate_s=12.0)
+    assert job.wait(120)
+    snap = job.snapshot()
+    assert snap.status == "done", snap.status_line
+    assert (snap.step, snap.total_steps) == (4, 4)
+    losses = [h for h in snap.history if "loss" in h]
+    assert len(losses) == 4 and all(h["stage"] == "teacher" for h in losses)
+    assert snap.samples_per_second and snap.samples_per_second > 0
+    assert snap.results[0]["output_dir"] == str(tmp_path / "teacher") and (tmp_path / "teacher" / "metrics.json").is_file()
+    assert snap.estimate_s == 12.0
+    assert registry.active() is None and registry.generation == 1
+    with pytest.raises(AttributeError):  # snapshots are frozen copies
+        snap.status = "running"
+
+
+def test_cancel_stops_within_one_optimizer_step(teacher_dir, reviews_parquet, tmp_path):
+    registry = JobRegistry()
+    cfg = tiny_cfg(teacher_dir, reviews_parquet, tmp_path / "long", max_steps=5000)
+    job = registry.start("long", "teacher", [Stage("teacher", train_teacher, cfg)])
+    assert wait_until(lambda: job.snapshot().step >= 2)
+    assert registry.cancel()  # default: the running job
+    step_at_cancel = job.snapshot().step
+    assert job.wait(60)
+    snap = job.snapshot()
+    assert snap.status == "cancelled"
+    assert step_at_cancel <= snap.step <= step_at_cancel + 1  # at most the step that was under way
+    assert "cancelled at step" in snap.message and "nothing was saved" in snap.message
+    assert not (tmp_path / "long").exists()
+    assert not registry.cancel()  # nothing left to cancel
+
+
+def test_failing_job_says_why_and_frees_the_slot():
+    registry = JobRegistry()
+
+    def boom(cfg, callbacks):
+        raise ValueError("data file has no rows")
+
+    job = registry.start("bad", "teacher", [fake_stage("teacher", boom)])
+    assert job.wait(10)
+    snap = job.snapshot()
+    assert snap.status == "failed" and snap.status_line == "failed: data file has no rows"
+    assert "ValueError" in job.traceback
+    assert registry.active() is None
+    assert registry.start("next", "teacher", [fake_stage()]).wait(10)  # the slot is free again
+
+
+def test_one_training_job_at_a_time():
+    registry = JobRegistry()
+    release = threading.Event()
+
+    def blocking(cfg, callbacks):
+        release.wait(10)
+        return RunResult("done", None, {}, "ok")
+
+    first = registry.start("first", "teacher", [fake_stage("teacher", blocking)])
+    with pytest.raises(JobBusy, match="already running: first"):
+        registry.start("second", "distill", [fake_stage()])
+    assert registry.active() is first
+    release.set()
+    assert first.wait(10) and first.snapshot().status == "done"
+    assert registry.start("second", "distill", [fake_stage()]).wait(10)
+    assert registry.latest("distill").title == "second" and registry.latest("teacher") is first
+
+
+def test_stages_run_in_order_and_cancel_between_them():
+    registry = JobRegistry()
+    seen, gate = [], threading.Event()
+
+    def first(cfg, callbacks):
+        seen.append("kd")
+        gate.wait(10)
+        return RunResult("done", "/runs/kd", {}, "saved /runs/kd")
+
+    def second(cfg, callbacks):
+        seen.append("nokd")
+        return RunResult("done", "/runs/nokd", {}, "saved /runs/nokd")
+
+    job = registry.start("two", "distill", [fake_stage("KD student", first), fake_stage("no-KD student", second)])
+    assert wait_until(lambda: seen == ["kd"])
+    job.cancel()
+    gate.set()
+    assert job.wait(10)
+    snap = job.snapshot()
+    assert seen == ["kd"] and snap.status == "cancelled"
+    assert "before the no-KD student stage" in snap.message and "/runs/kd" in snap.message
+    assert snap.n_stages == 2 and len(snap.results) == 1
+
+
+def test_progress_callback_rates_and_stop_flag():
+    registry = JobRegistry()
+    release = threading.Event()
+    job = registry.start("cb", "teacher", [fake_stage("teacher", lambda cfg, callbacks: (release.wait(10), RunResult(
+        "done", None, {}, "ok"))[1])])
+    cb = ProgressCallback(job)
+    args = SimpleNamespace(train_batch_size=8, gradient_accumulation_steps=1, world_size=1)
+    state = SimpleNamespace(global_step=0, max_steps=10)
+    control = SimpleNamespace(should_training_stop=False)
+    cb.on_train_begin(args, state, control)
+    time.sleep(0.05)
+    state.global_step = 2
+    cb.on_step_end(args, state, control)
+    cb.on_log(args, state, control, logs={"loss": 0.7, "learning_rate": 1e-4})
+    snap = job.snapshot()
+    assert (snap.step, snap.total_steps, snap.phase) == (2, 10, "training")
+    assert snap.samples_per_second > 0 and snap.eta_s > 0
+    assert snap.history[-1] == {"loss": 0.7, "learning_rate": 1e-4, "step": 2, "stage": "teacher"}
+    assert not control.should_training_stop
+    job.cancel()
+    cb.on_step_end(args, state, control)
+    assert control.should_training_stop
+    release.set()
+    assert job.wait(10)
+
+
+def test_estimate_before_start(teacher_dir, reviews_parquet, tmp_path):
+    cfg = tiny_cfg(teacher_dir, reviews_parquet, tmp_path / "x", max_steps=-1, num_train_epochs=2.0)
+    est = estimate_run(cfg)
+    assert est.train_rows == 216 and est.steps == 54  # 240 rows -> 90 % train; 27 batches of 8 per epoch
+    assert 0 < est.seconds < 3600 and not est.long_on_cpu
+    assert "Estimated duration" in est.describe() and "estimate" in est.describe()
+    assert format_duration(30) == "30 s" and format_duration(600) == "10 min" and format_duration(36000) == "10.0 h"

@@ -1,0 +1,231 @@
+"""End to end through train_teacher and distill_student with tiny models: files, metrics, options, resume."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+
+from kdapp.checkpoints import INCOMPLETE, is_complete, last_trainer_checkpoint, load_run_info
+from kdapp.config import FROM_TEACHER, RunConfig
+from kdapp.models import ModelError
+from kdapp.train import distill_student, train_teacher
+
+FAST = dict(max_length=32, max_steps=3, per_device_train_batch_size=8, per_device_eval_batch_size=32,
+            max_train_samples=48, max_eval_samples=16, logging_steps=1, learning_rate=1e-3, num_threads=1)
+METRIC_KEYS = {"n", "accuracy", "f1_weighted", "ece", "nll", "confusion_matrix", "reliability"}
+
+
+def teacher_cfg(data, out, **kw):
+    return RunConfig(kind="teacher", data=str(data), output_dir=str(out), **(FAST | kw))
+
+
+def distill_cfg(data, teacher, student, out, **kw):
+    return RunConfig(kind="distill", teacher=str(teacher), student=str(student), data=str(data), output_dir=str(out),
+                     **(FAST | kw))
+
+
+class StepRecorder(TrainerCallback):
+    def __init__(self, crash_at=None, stop_at=None):
+        self.steps, self.crash_at, self.stop_at = [], crash_at, stop_at
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+        if state.global_step == self.crash_at:
+            raise RuntimeError("simulated crash")
+        if state.global_step == self.stop_at:
+            control.should_training_stop = True
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """One folder (and cwd, for the logit cache under checkpoints/) for the module's runs."""
+    path = tmp_path_factory.mktemp("train")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(path)
+        yield path
+
+
+@pytest.fixture(scope="module")
+def teacher_run(workdir, teacher_dir, reviews_parquet):
+    result = train_teacher(teacher_cfg(reviews_parquet, workdir / "teacher", model=str(teacher_dir)))
+    assert result.status == "done", result.message
+    return result
+
+
+# ---------------------------------------------------------------- teacher
+def test_teacher_run_writes_a_whole_standard_folder(teacher_run, tokenizer):
+    out = teacher_run.output_dir
+    assert is_complete(out) and not (out.parent / f"{out.name}{INCOMPLETE}").exists()
+    names = {f.name for f in out.iterdir()}
+    assert {"model.safetensors", "config.json", "run_config.json", "metrics.json", "tokenizer_config.json"} <= names
+    assert names & {"tokenizer.json", "vocab.txt"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics["validation"])
+    assert metrics["validation"]["n"] == 16
+    assert len(metrics["validation"]["confusion_matrix"]) == 2 and len(metrics["validation"]["reliability"]) == 15
+    assert 0 <= metrics["validation"]["accuracy"] <= 1 and 0 <= metrics["validation"]["ece"] <= 1
+    assert metrics["params"] > 0 and metrics["size_mb"] > 0 and metrics["global_step"] == 3
+    assert metrics["train_runtime_s"] >= 0
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["kind"] == "teacher" and run_config["max_length"] == 32 and run_config["seed"] == 42
+    assert run_config["meta"]["train_rows"] == 48 and "torch" in run_config["meta"]
+    assert RunConfig.from_dict(run_config).max_train_samples == 48  # the run is reproducible from its config
+
+
+def test_teacher_output_loads_with_auto_classes(teacher_run, tokenizer):
+    out = teacher_run.output_dir
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.get_vocab() == tokenizer.get_vocab()
+    batch = tok(["the movie was great", "awful"], padding=True, return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        assert model(**batch).logits.shape == (2, 2)
+    assert model.config.id2label == {0: "NEGATIVE", 1: "POSITIVE"}
+
+
+def test_teacher_training_changed_the_weights(teacher_run, teacher_dir):
+    before = AutoModelForSequenceClassification.from_pretrained(teacher_dir).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(teacher_run.output_dir).state_dict()
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(before[key], after[key])
+
+
+def test_separate_test_file_is_scored(workdir, teacher_dir, reviews_parquet):
+    result = train_teacher(teacher_cfg(reviews_parquet, workdir / "with-test", model=str(teacher_dir),
+                                       test_data=str(reviews_parquet), max_steps=1))
+    assert result.metrics["test"]["n"] == 16  # max_eval_samples also caps the test rows
+    assert "test" in json.loads((result.output_dir / "metrics.json").read_text())
+
+
+def test_max_length_beyond_the_model_is_refused(workdir, teacher_dir, reviews_parquet):
+    with pytest.raises(ValueError, match="beyond the model's limit of 64"):
+        train_teacher(teacher_cfg(reviews_parquet, workdir / "too-long", model=str(teacher_dir), max_length=128))
+    assert not (workdir / "too-long").exists()
+
+
+def test_second_run_into_the_same_folder_fails_before_training(teacher_run, reviews_parquet, teacher_dir,
+                                                                monkeypatch):
+    def never(*a, **k):
+        raise AssertionError("a model was loaded: the check came too late")
+
+    monkeypatch.setattr("kdapp.train.load_pair", never)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        train_teacher(teacher_cfg(reviews_parquet, teacher_run.output_dir, model=str(teacher_dir)))
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER, teacher_run.output_dir))
+
+
+# ---------------------------------------------------------------- distillation
+def test_distilled_student(teacher_run, student_dir, reviews_parquet, workdir):
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, student_dir, workdir / "kd",
+                                         alpha=0.5, temperature=2.0))
+    assert result.status == "done" and is_complete(result.output_dir)
+    logs = [h for h in result.log_history if "loss" in h]
+    assert len(logs) == 3 and all("loss_ce" in h and "loss_kd" in h for h in logs)
+    model = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
+    assert type(model).__name__ == "DistilBertForSequenceClassification"
+    info = load_run_info(result.output_dir)
+    assert info.kind == "kd" and info.run_config["teacher"] == str(teacher_run.output_dir)
+    assert info.run_config["meta"]["teacher_params"] > info.metrics["params"]
+    assert METRIC_KEYS <= set(info.metrics["validation"])
+
+
+def test_alpha_one_is_the_no_kd_student(teacher_run, student_dir, reviews_parquet, workdir):
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, student_dir, workdir / "nokd",
+                                         alpha=1.0))
+    logs = [h for h in result.log_history if "loss" in h]
+    assert logs and all(h["loss_kd"] == 0.0 for h in logs)
+    assert all(h["loss"] == pytest.approx(h["loss_ce"], abs=1e-3) for h in logs)
+    assert load_run_info(result.output_dir).kind == "nokd"
+
+
+def test_student_from_teacher_with_hidden_loss(teacher_run, reviews_parquet, workdir):
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER, workdir / "ft",
+                                         hidden_loss="cosine"))
+    meta = json.loads((result.output_dir / "run_config.json").read_text())["meta"]
+    assert meta["student_layer_map"] == [0, 2]
+    model = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
+    assert model.config.num_hidden_layers == 2 and len(model.bert.encoder.layer) == 2
+    assert all("loss_hidden" in h for h in result.log_history if "loss" in h)
+
+
+def test_transfer_rest_adds_kd_only_rows(teacher_run, student_dir, reviews_parquet, workdir):
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, student_dir, workdir / "rest",
+                                         transfer_data="rest", transfer_samples=40))
+    meta = json.loads((result.output_dir / "run_config.json").read_text())["meta"]
+    assert (meta["train_rows"], meta["transfer_rows"]) == (48, 40)
+
+
+def test_cached_teacher_logits(teacher_run, student_dir, reviews_parquet, workdir):
+    first = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, student_dir, workdir / "cache1",
+                                        cache_teacher_logits=True))
+    meta = json.loads((first.output_dir / "run_config.json").read_text())["meta"]
+    assert meta["teacher_logits_cached"] is True and meta["teacher_logits_cache_hit"] is False
+    assert list((workdir / "checkpoints" / ".cache" / "logits").glob("*.safetensors"))
+    assert all("loss_kd" in h for h in first.log_history if "loss" in h)
+    second = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, student_dir, workdir / "cache2",
+                                         cache_teacher_logits=True))
+    assert json.loads((second.output_dir / "run_config.json").read_text())["meta"]["teacher_logits_cache_hit"]
+    # the same seed, data and soft targets: the cached run trains exactly like the first one
+    assert second.metrics["train_loss"] == pytest.approx(first.metrics["train_loss"], abs=1e-6)
+
+
+def test_student_with_another_vocabulary_is_refused(teacher_run, reviews_parquet, workdir, tmp_path):
+    from conftest import VOCAB, tiny_distilbert
+    from transformers import BertTokenizerFast
+
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "vocab.txt").write_text("\n".join(reversed(VOCAB)) + "\n")
+    tiny_distilbert().save_pretrained(tmp_path / "student")
+    BertTokenizerFast.from_pretrained(str(tmp_path / "v")).save_pretrained(tmp_path / "student")
+    with pytest.raises(ModelError, match="tokenizers differ"):
+        distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, tmp_path / "student", workdir / "bad"))
+    assert not (workdir / "bad").exists()
+
+
+# ---------------------------------------------------------------- interruption
+def test_cancel_publishes_nothing(workdir, teacher_dir, reviews_parquet):
+    stopper = StepRecorder(stop_at=1)
+    result = train_teacher(teacher_cfg(reviews_parquet, workdir / "cancelled", model=str(teacher_dir)),
+                           callbacks=[stopper])
+    assert result.status == "cancelled" and result.output_dir is None and "step 1/3" in result.message
+    assert not (workdir / "cancelled").exists()
+
+
+def test_resume_after_a_crash_continues_to_the_same_final_step(workdir, teacher_dir, reviews_parquet):
+    out = workdir / "crashed"
+    cfg = teacher_cfg(reviews_parquet, out, model=str(teacher_dir), max_steps=4, save_steps=2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_teacher(cfg, callbacks=[StepRecorder(crash_at=3)])
+    assert not out.exists()
+    assert last_trainer_checkpoint(out.with_name(out.name + INCOMPLETE)).name == "checkpoint-2"
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_teacher(cfg)  # neither resume nor overwrite: refused, the checkpoint is kept
+    recorder = StepRecorder()
+    result = train_teacher(RunConfig.from_dict(cfg.to_dict() | {"resume": True}), callbacks=[recorder])
+    assert result.status == "done" and result.metrics["global_step"] == 4
+    assert recorder.steps == [3, 4]  # continued, not restarted
+    assert is_complete(out) and not out.with_name(out.name + INCOMPLETE).exists()
+
+
+def test_resume_after_an_interrupted_publish(workdir, teacher_dir, reviews_parquet, monkeypatch):
+    out = workdir / "unpublished"
+    cfg = teacher_cfg(reviews_parquet, out, model=str(teacher_dir), max_steps=4, save_steps=2)
+    with monkeypatch.context() as mp:
+        mp.setattr("kdapp.train.save_run", lambda *a, **k: (_ for _ in ()).throw(OSError("killed while saving")))
+        with pytest.raises(OSError, match="killed"):
+            train_teacher(cfg)
+    assert not out.exists()
+    final_checkpoint = last_trainer_checkpoint(out.with_name(out.name + INCOMPLETE))
+    assert final_checkpoint.name == "checkpoint-4"
+    trained = load_file(final_checkpoint / "model.safetensors")
+    result = train_teacher(RunConfig.from_dict(cfg.to_dict() | {"resume": True}))
+    assert result.metrics["global_step"] == 4 and is_complete(out)  # no extra step past max_steps
+    published = load_file(out / "model.safetensors")
+    assert all(torch.equal(published[k], v) for k, v in trained.items())
+
+
+def test_resume_without_a_checkpoint_is_refused(workdir, teacher_dir, reviews_parquet):
+    with pytest.raises(ValueError, match="no intermediate checkpoint"):
+        train_teacher(teacher_cfg(reviews_parquet, workdir / "fresh", model=str(teacher_dir), resume=True))

@@ -1,0 +1,202 @@
+"""The app: handlers called directly with tiny models, then the same app over gradio_client on 127.0.0.1."""
+import json
+import threading
+import time
+
+import pytest
+
+from app_fixtures import launch, make_runs
+from conftest import tiny_bert
+from kdapp import plots
+from kdapp.jobs import JobRegistry, Stage
+from kdapp.train import RunResult
+from kdapp.ui import build_app
+from kdapp.ui.job_panel import describe
+from kdapp.ui.results_tab import results_table
+from kdapp.ui.train_tab import quick_preset
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request is a UserWarning
+
+
+def handler(demo, api_name):
+    """The Python function behind an event (handler-level tests need no server)."""
+    return next(f.fn for f in demo.fns.values() if f.api_name == api_name)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tokenizer, reviews_parquet):
+    root = tmp_path_factory.mktemp("checkpoints")
+    return root, make_runs(root, tokenizer, reviews_parquet, tiny_bert)
+
+
+@pytest.fixture(scope="module")
+def demo(runs):
+    return build_app(JobRegistry(), runs[0])
+
+
+def teacher_form(model, data, **kw):
+    """start_teacher's arguments, in order, for a tiny run."""
+    values = dict(model=str(model), data=str(data), max_train_samples=0, max_eval_samples=16, num_train_epochs=1,
+                  learning_rate=1e-3, batch_size=8, max_length=16, warmup_steps=0, use_wandb=False, truncation="head",
+                  eval_strategy="no", run_name="", max_steps=4, logging_steps=1, weight_decay=0, seed=42, num_threads=1)
+    return values | kw
+
+
+# ---------------------------------------------------------------- handlers
+def test_compare_shows_both_predictions_latency_and_agreement(demo, runs):
+    _, paths = runs
+    compare = handler(demo, "compare")
+    t, s, info = compare("the movie was great and the acting superb", str(paths["teacher"]), str(paths["kd"]))
+    assert set(t) == set(s) == {"NEGATIVE", "POSITIVE"} and abs(sum(t.values()) - 1) < 1e-5
+    assert info.count(" ms") == 2 and ("agree" in info)
+    cache = demo.kdapp_context.models
+    first = cache.get(str(paths["teacher"])).model
+    compare("awful", str(paths["teacher"]), str(paths["kd"]))
+    assert cache.get(str(paths["teacher"])).model is first  # the LRU kept it loaded
+
+
+def test_compare_messages_instead_of_errors(demo, runs):
+    _, paths = runs
+    compare = handler(demo, "compare")
+    assert "Type or paste a review" in compare("  ", str(paths["teacher"]), str(paths["kd"]))[2]
+    start = time.time()
+    _, _, info = compare("good", "bert-base-uncased", str(paths["kd"]))  # HF_HUB_OFFLINE=1: the hub is unreachable
+    assert "unreachable" in info and str(paths["teacher"]) in info  # names the local choices
+    assert time.time() - start < 30  # no 23 s retry loop
+    assert "not found" in compare("good", "/no/such/folder", "")[2]
+
+
+def test_start_teacher_rejects_bad_settings_with_the_config_message(demo, teacher_dir, reviews_parquet):
+    start = handler(demo, "start_teacher")
+    job_id, status, timer = start(**teacher_form(teacher_dir, reviews_parquet, learning_rate=0))
+    assert status == "Not started: learning_rate must be > 0, got 0.0"
+    _, status, _ = start(**teacher_form(teacher_dir, "imdb"))  # offline: the hub dataset is out of reach
+    assert status.startswith("Not started") and "unreachable" in status and ".parquet" in status
+
+
+def test_second_start_says_a_job_is_running(runs, teacher_dir, reviews_parquet):
+    registry = JobRegistry()
+    demo = build_app(registry, runs[0])
+    release = threading.Event()
+    busy = registry.start("teacher busy-run", "teacher", [Stage("teacher", lambda cfg, callbacks: (
+        release.wait(20), RunResult("done", None, {}, "ok"))[1], None)])
+    try:
+        job_id, status, timer = handler(demo, "start_teacher")(**teacher_form(teacher_dir, reviews_parquet))
+        assert "already running: teacher busy-run" in status and "'Train teacher' tab" in status
+        assert job_id == busy.id and timer.active  # this tab now watches the running job
+        _, status, _ = handler(demo, "start_distill")(*distill_args(runs[1]["teacher"], reviews_parquet))
+        assert "already running" in status
+    finally:
+        release.set()
+        busy.wait(10)
+
+
+def distill_args(teacher, data, also_nokd=True):
+    return [str(teacher), "made from the teacher (every other layer)", "", 2, str(data), 0, 16, 1, 1e-3, 8, 16, 0,
+            0.5, 2.0, also_nokd, False, "head", "none", 0, "none", 1.0, False, 3, 1, "no", 42, 1, ""]
+
+
+def test_distill_job_trains_kd_and_nokd_students(runs, reviews_parquet, tmp_path):
+    registry = JobRegistry()
+    demo = build_app(registry, tmp_path)
+    job_id, status, timer = handler(demo, "start_distill")(*distill_args(runs[1]["teacher"], reviews_parquet))
+    assert "Estimated duration" in status and timer.active, status
+    job = registry.get(job_id)
+    assert job.wait(180)
+    snap = job.snapshot()
+    assert snap.status == "done", snap.status_line
+    assert [r["stage"] for r in snap.results] == ["KD student", "no-KD student"]
+    assert describe(snap).startswith("done")
+    kinds = sorted(r.kind for r in demo.kdapp_context.runs())
+    assert kinds == ["kd", "nokd"]
+    names = {t.name for t in plots.loss_curve(list(snap.history)).data}
+    assert {"KD student: train loss", "KD student: CE part", "KD student: KD part", "no-KD student: train loss"} <= names
+    assert "no-KD student: KD part" not in names  # always 0 for alpha = 1
+
+
+def test_results_table_plots_and_disagreements(demo, runs):
+    root, paths = runs
+    markdown, empty, run, teacher, student, sweep = handler(demo, "results")(None, None, None)
+    table = results_table(demo.kdapp_context.runs())
+    assert list(table["role"]) == ["teacher", "KD student", "no-KD student"]
+    assert table["Δ acc (pp)"][0] == "" and table["Δ acc (pp)"][1] != "" and table["alpha / T"][1] == "0.5 / 2.0"
+    assert table["Δ params"][1] == "-50 %"
+    assert markdown.count("\n") == 4 and "| student-tiny-kd | KD student |" in markdown
+    assert not empty["visible"] and teacher["value"] == str(paths["teacher"]) and student["value"] == str(paths["kd"])
+    summary, examples = handler(demo, "disagreements")(str(paths["teacher"]), str(paths["kd"]), 50)
+    assert "validation reviews" in summary and "disagree on" in summary, summary
+    assert list(examples.columns) == ["review", "true", "teacher", "student"]
+
+
+def test_empty_checkpoints_folder_says_what_to_do(tmp_path):
+    demo = build_app(JobRegistry(), tmp_path / "none-yet")
+    table, empty, *_ = handler(demo, "results")(None, None, None)
+    assert empty["visible"] and "Train a teacher" in empty["value"] and table == ""
+    t, s, info = handler(demo, "compare")("great", None, None)
+    assert "No trained checkpoints" in info and "Quick CPU run" in info
+
+
+def test_quick_preset_is_small():
+    p = quick_preset()
+    assert p["model"] == "minilm" and p["max_train_samples"] <= 500 and p["max_length"] == 128
+    assert p["num_train_epochs"] == 1 and p["learning_rate"] == 1e-4 and p["warmup_steps"] == 0.1
+
+
+def test_benchmark_handler(demo, runs):
+    table, chart = handler(demo, "benchmark")([str(runs[1]["kd"])], [1, 2], 16, "cpu", ["fp32"], "random tokens", 4, 1)
+    assert "Latency, batch 1" in table and "Throughput, batch 2" in table
+    assert {t.type for t in chart.data} == {"bar"}
+    table, _ = handler(demo, "benchmark")([str(runs[1]["kd"])], [1], 128, "cpu", ["fp32"], "random tokens", 4, 1)
+    assert "beyond student-tiny-kd's limit of 64 tokens" in table
+
+
+# ---------------------------------------------------------------- over HTTP with gradio_client
+@pytest.fixture(scope="module")
+def client(demo):
+    from gradio_client import Client
+
+    url = launch(demo)
+    yield Client(url, verbose=False)
+    demo.close()
+
+
+def poll(client, job_id, until, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        snap = client.predict(job_id, api_name="/job_status")
+        if until(snap):
+            return snap
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not reach the state in {timeout} s: {snap}")
+
+
+def test_client_compare(client, runs):
+    _, paths = runs
+    t, s, info = client.predict("a wonderful film", str(paths["teacher"]), str(paths["nokd"]), api_name="/compare")
+    assert t["label"] in ("POSITIVE", "NEGATIVE") and len(t["confidences"]) == 2
+    assert s["label"] in ("POSITIVE", "NEGATIVE") and "ms" in info
+
+
+def test_client_trains_then_cancels(client, runs, teacher_dir, reviews_parquet):
+    job_id, status, _ = client.predict(**teacher_form(teacher_dir, reviews_parquet), api_name="/start_teacher")
+    assert job_id and "Estimated duration" in status
+    snap = poll(client, job_id, lambda s: s["status"] != "running")
+    assert snap["status"] == "done", snap["status_line"]
+    assert snap["step"] == 4 and [h["loss"] for h in snap["history"] if "loss" in h]
+
+    job_id, _, _ = client.predict(**teacher_form(teacher_dir, reviews_parquet, max_steps=5000),
+                                  api_name="/start_teacher")
+    poll(client, job_id, lambda s: s["step"] >= 2)
+    t, s, info = client.predict("a dull film", str(runs[1]["teacher"]), str(runs[1]["kd"]), api_name="/compare")
+    assert "ms" in info  # predictions are served while the job trains
+    assert client.predict(job_id, api_name="/job_status")["status"] == "running"
+    assert "Cancel requested" in client.predict(job_id, api_name="/cancel_train")
+    snap = poll(client, job_id, lambda s: s["status"] != "running", timeout=60)
+    assert snap["status"] == "cancelled" and snap["step"] < 5000 and "cancelled at step" in snap["message"]
+
+
+def test_client_benchmark(client, runs):
+    table, chart = client.predict([str(runs[1]["teacher"])], [1], 16, "cpu", ["fp32"], "random tokens", 2, 1,
+                                  api_name="/benchmark")
+    assert "Latency, batch 1" in table
+    assert json.loads(chart["plot"])["data"][0]["type"] == "bar"
