@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[ns.command](ns)
     except (DataError, ModelError, ValueError, FileExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        from kdapp.redact import redact
+
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
 
 
@@ -169,6 +171,13 @@ def cmd_train(ns) -> int:
     return 0 if result.status == "done" else 1
 
 
+def _write_json(path: str | None, data: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2))
+        print(f"wrote {path}")
+
+
 def cmd_evaluate(ns) -> int:
     from kdapp.evaluation import evaluate_checkpoint
 
@@ -181,10 +190,7 @@ def cmd_evaluate(ns) -> int:
     summary = {k: res[k] for k in ("model", "precision", "n", "accuracy", "f1_weighted", "ece", "params", "size_mb",
                                    "samples_per_second")}
     print(json.dumps(summary, indent=2))
-    if ns.json:
-        Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(ns.json).write_text(json.dumps(res, indent=2))
-        print(f"wrote {ns.json}")
+    _write_json(ns.json, res)
     return 0
 
 
@@ -199,10 +205,7 @@ def _evaluate_precisions(ns) -> int:
             results.append(evaluate_checkpoint(ns.model, ns.data, ns.max_eval_samples, ns.max_length,
                                                ns.per_device_eval_batch_size, precision, ns.device, progress=progress))
     print(precision_table(results))
-    if ns.json:
-        Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(ns.json).write_text(json.dumps({"model": ns.model, "data": ns.data, "results": results}, indent=2))
-        print(f"wrote {ns.json}")
+    _write_json(ns.json, {"model": ns.model, "data": ns.data, "results": results})
     return 0
 
 
@@ -214,18 +217,24 @@ def cmd_bench(ns) -> int:
                            data=ns.data, n_texts=ns.n_texts, repeats=ns.repeats, warmup=ns.warmup,
                            num_threads=ns.num_threads)
     print(markdown_table(result))
-    if ns.json:
-        Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(ns.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {ns.json}")
+    _write_json(ns.json, result)
     return 0
 
 
 def cmd_predict(ns) -> int:
+    from kdapp.encoding import MAX_REVIEW_CHARS
     from kdapp.inference import predict, prepare_model
     from kdapp.models import load_pair
 
     texts = [line for line in sys.stdin.read().splitlines() if line.strip()] if ns.texts == ["-"] else ns.texts
+    empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
+    if empty or not texts:
+        raise ValueError(f"review {', '.join(map(str, empty)) or 1} is empty: pass the review text, e.g. "
+                         "python -m kdapp predict --model DIR \"a wonderful film\"")
+    for i, t in enumerate(texts):
+        if len(t) > MAX_REVIEW_CHARS:
+            print(f"note: review {i + 1} has {len(t):,} characters; only the first {MAX_REVIEW_CHARS:,} are read",
+                  file=sys.stderr)
     model, tokenizer = load_pair(ns.model)
     model = prepare_model(model, ns.precision)
     for text, p in zip(texts, predict(model, tokenizer, texts, max_length=ns.max_length)):

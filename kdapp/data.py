@@ -4,6 +4,7 @@ The seed's split: train shuffled with seed 42, then train_test_split(test_size=0
 """
 from __future__ import annotations
 
+import codecs
 import logging
 from pathlib import Path
 
@@ -62,6 +63,8 @@ def _read_file(path: Path, require_labels: bool) -> Dataset:
                         f"{path.suffix or 'no extension'!r}. Convert it to one of these with columns text,label.")
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty: expected rows with columns text,label.")
+    if fmt in ("csv", "json"):
+        _check_utf8(path)  # pyarrow's JSON reader keeps invalid bytes and fails later, far from the file's name
     kwargs = {"keep_default_na": False} if fmt == "csv" else {}  # a review reading "NA" or "null" is text
     if path.suffix.lower() == ".tsv":
         kwargs["delimiter"] = "\t"
@@ -74,6 +77,26 @@ def _read_file(path: Path, require_labels: bool) -> Dataset:
         raise DataError(f"Cannot read {path} as {fmt}: {type(cause).__name__}: {str(cause)[:300]}. "
                         "Expected a well-formed file with columns text,label (UTF-8).") from e
     return _check(ds, str(path), require_labels)
+
+
+def _check_utf8(path: Path, chunk_bytes: int = 1 << 20) -> None:
+    """Refuse a text file that is not UTF-8, naming the line of the first bad byte."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                bad = offset + e.start
+                line = lines + chunk[:e.start].count(b"\n")
+                raise DataError(f"{path} is not valid UTF-8: byte 0x{e.object[e.start]:02x} at offset {bad} (line "
+                                f"{line}). Save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from e
+            offset, lines = offset + len(chunk), lines + chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not valid UTF-8: it ends inside a multi-byte character. Save it as UTF-8.") from e
 
 
 def _parquet_rows(path: Path) -> int | None:

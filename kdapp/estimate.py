@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import FROM_TEACHER, RunConfig
-from .data import FILE_FORMATS, LOCAL_HINT, DataError
+from .data import FILE_FORMATS, LOCAL_HINT, DataError, read_source
 from .hub import hub_reachable, looks_like_hub_id
 from .models import ModelError, resolve
 
@@ -71,6 +71,8 @@ def _file_stats(path: str, mtime: float) -> tuple[int, float]:
 
     p = Path(path)
     fmt = FILE_FORMATS.get(p.suffix.lower())
+    if fmt:  # the run's own checks (UTF-8, columns, 0/1 labels, rows), so a bad file is refused before the start
+        read_source(path)
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -238,6 +240,10 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
         else:
             student_cfg = model_config(cfg.student.removeprefix("from:"), cfg.student_layers
                                        if cfg.student.startswith("from:") else None)
+    limit = min(getattr(c, "max_position_embeddings", None) or cfg.max_length for c in (student_cfg, teacher_cfg) if c)
+    if cfg.max_length > limit:  # the run would fail on this after loading everything (train._check_max_length)
+        raise ModelError(f"max_length {cfg.max_length} is beyond the model's limit of {limit} positions; use "
+                         f"--max_length {limit} or less")
     student = measure_step_cost(student_cfg, tokens, device, threads)
     token_count = trained_rows * tokens
     seconds = token_count * student.train_s_per_token + steps * student.optimizer_s_per_step

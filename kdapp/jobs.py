@@ -16,6 +16,8 @@ from typing import Callable
 
 from transformers import TrainerCallback
 
+from .redact import redact
+
 log = logging.getLogger(__name__)
 
 RUNNING, DONE, CANCELLED, FAILED = "running", "done", "cancelled", "failed"
@@ -142,9 +144,11 @@ class Job:
             self.update(status=DONE, phase="finished", eta_s=None,
                         message="; ".join(r["message"] for r in self._results))
         except Exception as e:  # the app keeps serving: the job reports why it failed
-            self.traceback = traceback.format_exc()
+            self.traceback = redact(traceback.format_exc())
             log.error("job %s failed:\n%s", self.id, self.traceback)
-            why = f"{type(e).__name__}: {e}" if not isinstance(e, (ValueError, OSError)) else str(e)
+            why = redact(f"{type(e).__name__}: {e}" if not isinstance(e, (ValueError, OSError)) else str(e))
+            if "out of memory" in why.lower():
+                why += " (lower the batch size or max_length, or use a smaller model)"
             self.update(status=FAILED, phase="finished", eta_s=None, error=why[:1000], message=why[:1000])
         finally:
             self._done.set()

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -113,6 +114,9 @@ def load_model(name: str, num_labels: int = 2, dtype: torch.dtype | None = None)
                 name, config=config, use_safetensors=True, trust_remote_code=False, dtype=dtype, **kwargs)
         finally:
             hf_logging.set_verbosity(verbosity)
+    except SafetensorError as e:  # a truncated or overwritten weights file: not an OSError
+        raise ModelError(f"Cannot load {name!r}: its model.safetensors is corrupt or truncated ({e}). Re-save the "
+                         "model, or train / download it again.") from e
     except (OSError, ValueError, EnvironmentError, RuntimeError) as e:
         raise _load_error(name, e) from e
     return model

@@ -20,7 +20,7 @@ from transformers.trainer_utils import TrainOutput
 
 from . import tracking
 from .cache import teacher_logits
-from .checkpoints import last_trainer_checkpoint, save_run, work_dir
+from .checkpoints import last_trainer_checkpoint, save_run, work_dir, write_json
 from .config import FROM_TEACHER, RunConfig
 from .data import load_splits, load_transfer_texts
 from .distill import IGNORE, DistillationTrainer
@@ -152,6 +152,9 @@ def _prepare_output(cfg: RunConfig) -> tuple[Path, Path | None]:
         raise FileExistsError(f"{work} holds an interrupted run (last checkpoint {last.name}): pass --resume to "
                               "continue it or --overwrite to start over")
     shutil.rmtree(work, ignore_errors=True)
+    if int(os.environ.get("RANK", "0")) == 0:  # the settings the app's Resume button restarts an interrupted run with
+        work.mkdir(parents=True, exist_ok=True)
+        write_json(work / "run_config.json", cfg.to_dict() | {"output_dir": str(out)})
     return out, None
 
 

@@ -36,6 +36,8 @@ def free_port() -> int:
 
 def launch(demo):
     """Start the app on 127.0.0.1 without blocking; returns its URL (close with demo.close())."""
-    _, url, _ = demo.queue(default_concurrency_limit=2).launch(server_name="127.0.0.1", server_port=free_port(),
-                                                               prevent_thread_lock=True, quiet=True)
+    from kdapp.ui import launch_kwargs, queue_app
+
+    _, url, _ = queue_app(demo).launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                       quiet=True, **launch_kwargs())
     return url

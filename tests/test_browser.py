@@ -41,8 +41,9 @@ def page(app):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-        page.goto(app[0], wait_until="networkidle")
-        page.wait_for_selector("#train_start")
+        page.set_default_timeout(120_000)  # a loaded 2-core machine can take a while to serve the first page
+        page.goto(app[0], wait_until="domcontentloaded", timeout=120_000)
+        page.wait_for_selector("#train_start", timeout=120_000)
         yield page
         browser.close()
 
@@ -112,7 +113,7 @@ def test_second_tab_attaches_to_the_running_job_and_cancels_it(page, app, shots)
     page.click("#train_start")
     page.wait_for_function(f"() => ({CURVE_POINTS})() >= 3", timeout=90000)
     other = page.context.new_page()  # a second browser tab (or a reload) re-attaches on page load
-    other.goto(app[0], wait_until="networkidle")
+    other.goto(app[0], wait_until="domcontentloaded", timeout=120_000)
     other.wait_for_function(f"() => ({CURVE_POINTS})() >= 3", timeout=60000)
     assert status_text(other).startswith("running")
     other.click("#train_cancel")

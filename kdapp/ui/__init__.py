@@ -19,6 +19,7 @@ from .common import AppContext, Refresher
 from .compare_tab import build_compare_tab
 from .distill_tab import build_distill_tab
 from .results_tab import build_results_tab
+from .safety import launch_kwargs, queue_app
 from .train_tab import build_train_tab
 
 TITLE = "kdapp: knowledge distillation for IMDb sentiment"

@@ -10,7 +10,7 @@ import torch
 from .. import plots
 from ..benchmark import markdown_table, run_benchmark
 from ..models import resolve
-from .common import ARCH_CHOICES, AppContext, Refresher, guarded, local_imdb, read_json
+from .common import ARCH_CHOICES, AppContext, Refresher, guarded, local_imdb, password_box, read_json
 
 EXPLAIN = "\n".join([
     "**What the numbers mean**",
@@ -58,18 +58,20 @@ def build_bench_tab(ctx: AppContext):
                                                    "truncated to it")
             n_texts = gr.Number(100, label="Reviews per timed pass", precision=0, elem_id="bench_n_texts")
             repeats = gr.Number(3, label="Timed passes", precision=0, elem_id="bench_repeats")
+    password = password_box(ctx, "bench")
     run = gr.Button("Run benchmark", variant="primary", elem_id="bench_run")
     table = gr.Markdown(elem_id="bench_table")
     chart = gr.Plot(plots.latency_bars([]), label="Latency and throughput", elem_id="bench_chart")
     gr.Markdown(EXPLAIN)
 
     @guarded(lambda msg: (f"⚠️ {msg}", gr.skip()), ctx)
-    def benchmark(models, batch_sizes, max_length, device, precisions, inputs, n_texts, repeats,
+    def benchmark(models, batch_sizes, max_length, device, precisions, inputs, n_texts, repeats, password="",
                   progress=gr.Progress()):
         """Time every model x precision x batch size; returns (markdown table, bar chart)."""
+        ctx.unlock(password)
         if isinstance(models, str):
             models = [models]
-        models = [m.strip() for m in models or [] if m and m.strip()]
+        models = [ctx.model_name(m) for m in models or [] if m and m.strip()]
         check_length(models, int(max_length))
         result = run_benchmark(models, [int(b) for b in batch_sizes or []], int(max_length), device,
                                tuple(precisions or ()), data=local_imdb() if inputs == "real reviews" else None,
@@ -77,7 +79,7 @@ def build_bench_tab(ctx: AppContext):
                                progress=lambda fraction, message: progress(fraction, desc=message))
         return markdown_table(result), plots.latency_bars(result["rows"])
 
-    run.click(benchmark, [models, batch_sizes, max_length, device, precisions, inputs, n_texts, repeats],
+    run.click(benchmark, [models, batch_sizes, max_length, device, precisions, inputs, n_texts, repeats, password],
               [table, chart], api_name="benchmark", concurrency_limit=1, concurrency_id="benchmark")
 
     def refresh(current):

@@ -16,6 +16,8 @@ from ..data import DataError
 from ..jobs import JobRegistry
 from ..inference import predict
 from ..models import ModelError, load_pair, resolve
+from ..redact import redact
+from . import safety
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +111,26 @@ def read_json(path: Path) -> dict:
 
 @dataclass
 class AppContext:
-    """State shared by every tab and session of one app."""
+    """State shared by every tab and session of one app. `admin_password` (KDAPP_ADMIN_PASSWORD) locks training and
+    benchmarks, and restricts the models and data the browser may name (kdapp.ui.safety)."""
     registry: JobRegistry
     root: Path
     models: ModelCache = field(default_factory=ModelCache)
+    admin_password: str | None = field(default_factory=safety.admin_password, repr=False)
+
+    @property
+    def locked(self) -> bool:
+        return bool(self.admin_password)
+
+    def unlock(self, password: str | None) -> None:
+        safety.check_password(self.admin_password, password)
+
+    def model_name(self, name: str | None) -> str:
+        """`name` when the browser may use it (any name without the lock); ValueError saying why otherwise."""
+        return safety.check_model_name(name, self.root) if self.locked else (name or "").strip()
+
+    def data_name(self, name: str | None, offered: list[str]) -> str:
+        return safety.check_data_name(name, offered) if self.locked else (name or "").strip()
 
     def runs(self, kinds: tuple[str, ...] | None = None) -> list[RunInfo]:
         return [r for r in find_runs(self.root) if kinds is None or r.kind in kinds]
@@ -136,7 +154,7 @@ class Refresher:
 
 
 def error_message(e: BaseException, ctx: AppContext | None = None) -> str:
-    msg = str(e) if isinstance(e, EXPECTED) else f"{type(e).__name__}: {e}"
+    msg = redact(str(e) if isinstance(e, EXPECTED) else f"{type(e).__name__}: {e}")
     if ctx is not None and isinstance(e, ModelError) and "unreachable" in msg:
         msg = msg.split(" Use --model")[0].split(" Local models found")[0].rstrip(".") + ". " + ctx.local_hint()
     return msg
@@ -158,6 +176,12 @@ def guarded(fallback: Callable[[str], object], ctx: AppContext | None = None):
                 return fallback(msg)
         return wrapper
     return deco
+
+
+def password_box(ctx: AppContext, prefix: str) -> gr.Textbox:
+    """The admin password field of a locked app (hidden when KDAPP_ADMIN_PASSWORD is unset)."""
+    return gr.Textbox("", type="password", label="Admin password", visible=ctx.locked, elem_id=f"{prefix}_password",
+                      info="this public app only starts training and benchmarks for its admin", max_lines=1)
 
 
 def as_int(value, none_if_zero: bool = True) -> int | None:

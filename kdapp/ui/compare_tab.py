@@ -5,6 +5,7 @@ import time
 
 import gradio as gr
 
+from ..encoding import MAX_REVIEW_CHARS
 from ..inference import predict
 from .common import AppContext, Refresher, guarded
 
@@ -47,7 +48,7 @@ def build_compare_tab(ctx: AppContext):
             if not name:
                 outs.append(None)
                 continue
-            m = ctx.models.get(name)
+            m = ctx.models.get(ctx.model_name(name))
             start = time.perf_counter()
             p = predict(m.model, m.tokenizer, [text], max_length=m.max_length, truncation=m.truncation,
                         head_tokens=m.head_tokens, batch_size=1)[0]
@@ -62,6 +63,9 @@ def build_compare_tab(ctx: AppContext):
             speed = (f" The student was {mt / ms_:.1f}× faster." if mt >= ms_ else
                      f" The student was {ms_ / mt:.1f}× slower.") if ms_ > 0 and mt > 0 else ""
             lines.append(("✅ They **agree**." if agree else "⚠️ They **disagree**.") + speed)
+        if len(text) > MAX_REVIEW_CHARS:
+            lines.append(f"Note: the review has {len(text):,} characters; only the first {MAX_REVIEW_CHARS:,} were "
+                         "read (the models see at most max_length tokens of them anyway).")
         return (outs[0][0] if outs[0] else None, outs[1][0] if outs[1] else None,
                 " · ".join(lines) + "\n\n<small>Latency: one review, batch 1, on this machine, including "
                                     "tokenization.</small>")

@@ -9,7 +9,7 @@ import gradio as gr
 from ..config import FROM_TEACHER, RunConfig
 from ..jobs import Stage
 from ..train import distill_student
-from .common import AppContext, Refresher, read_json, as_int, guarded, local_imdb
+from .common import AppContext, Refresher, read_json, as_int, guarded, local_imdb, password_box
 from .job_panel import attach_latest, build_config, build_job_panel, start_job
 from .train_tab import default_threads
 
@@ -17,6 +17,19 @@ FROM_TEACHER_LABEL = "made from the teacher (every other layer)"
 OTHER_LABEL = "hub id or local checkpoint"
 STUDENT_MODELS = ["distilbert-base-uncased"]
 DEFAULTS = RunConfig(kind="distill", teacher="-")
+
+
+def recipe_preset(scale: str) -> dict:
+    """kdapp's distillation recipe (benchmarks/accuracy.py at CPU scale; README's full-IMDb command on a GPU)."""
+    common = dict(num_train_epochs=2.0 if scale == "cpu" else 3.0, learning_rate=1e-4 if scale == "cpu" else 5e-5,
+                  warmup_steps=0.1, truncation="head_tail", augment_windows=2, cache_teacher_logits=True,
+                  alpha=0.5, temperature=2.0)
+    if scale == "cpu":
+        return common | dict(max_length=256, per_device_train_batch_size=16, transfer_data="rest",
+                             transfer_samples=2000, max_train_samples=2000, data=gr.skip())
+    return common | dict(max_length=512, per_device_train_batch_size=32, transfer_data="imdb:unsupervised",
+                         transfer_samples=0,
+                         max_train_samples=0, data="imdb")
 
 
 def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
@@ -57,13 +70,17 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
     with gr.Accordion("Advanced: recipe options", open=False):
         with gr.Row():
             truncation = gr.Radio(["head", "head_tail"], value=DEFAULTS.truncation, label="Truncation")
-            transfer_data = gr.Radio(["none", "rest"], value="none", label="Transfer set (KD term only)",
-                                     info="'rest': the training reviews not used as labelled rows")
+            transfer_data = gr.Radio(["none", "rest", "imdb:unsupervised"], value="none",
+                                     label="Transfer set (KD term only)",
+                                     info="'rest': the training reviews not used as labelled rows; "
+                                          "'imdb:unsupervised': the hub's 50,000 unlabelled reviews")
             transfer_samples = gr.Number(0, label="Transfer reviews (0 = all)", precision=0)
         with gr.Row():
             hidden_loss = gr.Radio(["none", "cosine", "mse"], value=DEFAULTS.hidden_loss, label="Hidden-state loss")
             hidden_loss_weight = gr.Number(DEFAULTS.hidden_loss_weight, label="Hidden-state loss weight")
             cache_logits = gr.Checkbox(DEFAULTS.cache_teacher_logits, label="Cache the teacher's logits")
+            augment = gr.Number(DEFAULTS.augment_windows, label="Window augmentation (KD-only windows per long review)",
+                                precision=0, elem_id="distill_augment")
         with gr.Row():
             max_steps = gr.Number(0, label="Max steps (0 = use epochs)", precision=0, elem_id="distill_max_steps")
             logging_steps = gr.Number(DEFAULTS.logging_steps, label="Log every N steps", precision=0,
@@ -72,24 +89,30 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
             threads = gr.Number(default_threads(), label="CPU threads for training (empty = all)", precision=0)
             run_name = gr.Textbox("", label="Run name (empty = automatic)")
+    password = password_box(ctx, "distill")
     with gr.Row():
+        recipe_cpu = gr.Button("kdapp recipe (CPU scale)", elem_id="distill_recipe_cpu", scale=1)
+        recipe_gpu = gr.Button("Full IMDb on a GPU (kdapp recipe)", elem_id="distill_recipe_gpu", scale=1)
         start = gr.Button("Start", variant="primary", elem_id="distill_start", scale=2)
         cancel = gr.Button("Cancel", variant="stop", elem_id="distill_cancel", scale=1)
     panel = build_job_panel(ctx, "distill", runs_version, "Distillation loss: total, CE and KD parts", cancel)
 
     form = [teacher, student_source, student, student_layers, data, max_train, max_eval, epochs, lr, batch,
             max_length, warmup, alpha, temperature, also_nokd, wandb, truncation, transfer_data, transfer_samples,
-            hidden_loss, hidden_loss_weight, cache_logits, max_steps, logging_steps, eval_strategy, seed, threads,
+            hidden_loss, hidden_loss_weight, cache_logits, augment, max_steps, logging_steps, eval_strategy, seed, threads,
             run_name]
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
                       num_train_epochs, learning_rate, batch_size, max_length, warmup_steps, alpha, temperature,
                       also_nokd, use_wandb, truncation, transfer_data, transfer_samples, hidden_loss,
-                      hidden_loss_weight, cache_teacher_logits, max_steps, logging_steps, eval_strategy, seed,
-                      num_threads, run_name):
+                      hidden_loss_weight, cache_teacher_logits, augment_windows, max_steps, logging_steps,
+                      eval_strategy, seed, num_threads, run_name, password=""):
         """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
+        ctx.unlock(password)
         from_teacher = student_source != OTHER_LABEL
+        teacher, data = ctx.model_name(teacher), ctx.data_name(data, [x for x in (local_imdb(), "imdb") if x])
+        student = student if from_teacher else ctx.model_name(student)
         values = dict(
             teacher=(teacher or "").strip() or None, student=FROM_TEACHER if from_teacher else (student or "").strip(),
             student_layers=as_int(student_layers), data=(data or "").strip(),
@@ -101,6 +124,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             transfer_data=None if transfer_data in (None, "", "none") else transfer_data,
             transfer_samples=as_int(transfer_samples), hidden_loss=hidden_loss,
             hidden_loss_weight=float(hidden_loss_weight or 0), cache_teacher_logits=bool(cache_teacher_logits),
+            augment_windows=as_int(augment_windows) or 0,
             max_steps=as_int(max_steps) or -1, logging_steps=as_int(logging_steps, False) or 0,
             eval_strategy=eval_strategy, seed=as_int(seed, False) or 0, num_threads=as_int(num_threads),
             run_name=(run_name or "").strip() or None)
@@ -109,7 +133,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
         if also_nokd and cfg.alpha < 1:
             nokd_name = f"{values['run_name']}-nokd" if values["run_name"] else None
             nokd = build_config("distill", ctx.root, **(values | dict(
-                alpha=1.0, transfer_data=None, transfer_samples=None, hidden_loss="none",
+                alpha=1.0, transfer_data=None, transfer_samples=None, hidden_loss="none", augment_windows=0,
                 cache_teacher_logits=False, run_name=nokd_name)))
             stages.append(Stage("no-KD student", distill_student, nokd))
         title = " + ".join(f"{s.label} {s.cfg.run_name}" for s in stages)
@@ -121,6 +145,10 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
 
     def on_teacher(path):
         """Prefill data, lengths and sample counts from the teacher's run, and half its layers."""
+        try:
+            path = ctx.model_name(path)  # a locked app reads no files outside the checkpoints root
+        except ValueError:
+            return (gr.skip(),) * 5
         rc = read_json(Path(path or "") / "run_config.json")
         cfg = read_json(Path(path or "") / "config.json")
         if not rc:
@@ -133,7 +161,11 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
     student_source.change(on_student_source, student_source, [student_layers, student], api_visibility="private")
     teacher.change(on_teacher, teacher, [data, max_length, max_train, max_eval, student_layers],
                    api_visibility="private")
-    start.click(start_distill, form, panel.start_outputs, api_name="start_distill")
+    start.click(start_distill, form + [password], panel.start_outputs, api_name="start_distill")
+    preset_outputs = [epochs, lr, warmup, truncation, augment, cache_logits, alpha, temperature, max_length, batch,
+                      transfer_data, transfer_samples, max_train, data]
+    recipe_cpu.click(lambda: tuple(recipe_preset("cpu").values()), None, preset_outputs, api_name="recipe_cpu")
+    recipe_gpu.click(lambda: tuple(recipe_preset("gpu").values()), None, preset_outputs, api_name="recipe_gpu")
 
     def refresh(current):
         choices = ctx.choices(("teacher",))

@@ -164,7 +164,7 @@ def build_results_tab(ctx: AppContext):
         """Score the first n validation reviews of the student's data with both models; list where they differ."""
         if not teacher or not student:
             raise ValueError("Pick a teacher and a student. " + ctx.local_hint())
-        t, s = ctx.models.get(teacher), ctx.models.get(student)
+        t, s = ctx.models.get(ctx.model_name(teacher)), ctx.models.get(ctx.model_name(student))
         data = s.run_config.get("data") or t.run_config.get("data")
         if not data:
             raise ValueError("Neither run records its data source (run_config.json 'data'): pick checkpoints trained "
@@ -197,7 +197,8 @@ def build_results_tab(ctx: AppContext):
     refresher = Refresher(refresh, [run, teacher, student], [table, empty, run, teacher, student, sweep])
     refresh_btn.click(refresh, refresher.inputs, refresher.outputs, api_name="results")
     run.change(show_run, run, [reliability, confusion], api_visibility="private")
-    find.click(disagreements, [teacher, student, n_rows], [summary, examples], api_name="disagreements")
+    find.click(disagreements, [teacher, student, n_rows], [summary, examples], api_name="disagreements",
+               concurrency_limit=1, concurrency_id="benchmark")  # scoring 1,000 reviews is heavy: one at a time
     return refresher
 
 

@@ -9,8 +9,10 @@ import torch
 from ..config import RunConfig
 from ..estimate import estimate_run
 from ..jobs import Stage
-from ..train import train_teacher
-from .common import AppContext, Refresher, as_int, guarded, local_imdb
+from ..checkpoints import INCOMPLETE, last_trainer_checkpoint, list_incomplete
+from ..train import distill_student, train_teacher
+from . import safety
+from .common import AppContext, Refresher, as_int, guarded, local_imdb, password_box, read_json
 from .job_panel import attach_latest, build_config, build_job_panel, start_job
 
 TEACHER_MODELS = ["minilm", "bert-base-uncased", "distilbert-base-uncased"]
@@ -29,6 +31,26 @@ def quick_preset() -> dict:
                 warmup_steps=0.1)
 
 
+def gpu_preset() -> dict:
+    """The full-scale teacher of README's GPU recipe: bert-base-uncased on all of IMDb from the hub."""
+    return dict(model="bert-base-uncased", data="imdb", max_train_samples=0, max_eval_samples=0, num_train_epochs=3.0,
+                learning_rate=2e-5, per_device_train_batch_size=32, max_length=512, warmup_steps=0.1,
+                truncation="head_tail", weight_decay=0.01)
+
+
+def data_choices() -> list[str]:
+    return [x for x in (local_imdb(), "imdb") if x]
+
+
+def incomplete_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    """(label, path) of each interrupted run under the checkpoints root that can be resumed."""
+    out = []
+    for work in list_incomplete(ctx.root):
+        kind = read_json(work / "run_config.json").get("kind", "?")
+        out.append((f"{work.name[:-len(INCOMPLETE)]} · {kind} · {last_trainer_checkpoint(work).name}", str(work)))
+    return out
+
+
 def build_train_tab(ctx: AppContext, runs_version: gr.Number):
     gr.Markdown("Fine-tune a **teacher** on labelled reviews with cross-entropy. New to this? Press "
                 "**Quick CPU run**, then **Start**: a small model on a few hundred reviews, a few minutes on a CPU.")
@@ -36,9 +58,12 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
         model = gr.Dropdown(TEACHER_MODELS, value=DEFAULTS.model, allow_custom_value=True, label="Model",
                             info="hub id, local folder, or 'minilm' (the pip-installed all-MiniLM-L6-v2)",
                             elem_id="train_model", scale=2)
-        data = gr.Dropdown([x for x in (local_imdb(), "imdb") if x], value=local_imdb() or "imdb",
+        data = gr.Dropdown(data_choices(), value=local_imdb() or "imdb",
                            allow_custom_value=True, label="Data", elem_id="train_data", scale=2,
                            info="'imdb' (hub), or a .parquet/.csv/.jsonl file with text,label")
+    upload = gr.File(label=f"…or upload a data file (.parquet / .csv / .jsonl with columns text,label; at most "
+                           f"{safety.max_upload_mb():g} MB): it replaces Data", file_types=list(safety.UPLOAD_TYPES),
+                     type="filepath", elem_id="train_upload", height=90)
     with gr.Row():
         max_train = gr.Number(0, label="Training reviews (0 = all)", precision=0, elem_id="train_max_train")
         max_eval = gr.Number(0, label="Validation reviews (0 = all)", precision=0, elem_id="train_max_eval")
@@ -64,11 +89,18 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
             seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
             threads = gr.Number(default_threads(), label="CPU threads for training (empty = all)", precision=0,
                                 info="one core is left to predictions and benchmarks")
+    password = password_box(ctx, "train")
     with gr.Row():
         quick = gr.Button("Quick CPU run (preset)", elem_id="train_quick")
+        full_gpu = gr.Button("Full IMDb on a GPU (preset)", elem_id="train_gpu")
         start = gr.Button("Start", variant="primary", elem_id="train_start")
         cancel = gr.Button("Cancel", variant="stop", elem_id="train_cancel")
     panel = build_job_panel(ctx, "train", runs_version, "Teacher training loss", cancel)
+    with gr.Accordion("Resume an interrupted run", open=False):
+        with gr.Row():
+            resume_run = gr.Dropdown(incomplete_choices(ctx), value=None, label="Interrupted runs (teacher or student) "
+                                     "with an intermediate Trainer checkpoint", elem_id="train_resume_run", scale=3)
+            resume = gr.Button("Resume", elem_id="train_resume", scale=1)
 
     form = [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, wandb, truncation, eval_strategy,
             run_name, max_steps, logging_steps, weight_decay, seed, threads]
@@ -76,7 +108,7 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
     def config_from_form(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                          batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
                          max_steps, logging_steps, weight_decay, seed, num_threads) -> RunConfig:
-        return build_config("teacher", ctx.root, model=(model or "").strip(), data=(data or "").strip(),
+        return build_config("teacher", ctx.root, model=ctx.model_name(model), data=data,
                             max_train_samples=as_int(max_train_samples), max_eval_samples=as_int(max_eval_samples),
                             num_train_epochs=float(num_train_epochs or 0), learning_rate=float(learning_rate or 0),
                             per_device_train_batch_size=as_int(batch_size, False) or 0,
@@ -90,8 +122,10 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_teacher(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                       batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
-                      max_steps, logging_steps, weight_decay, seed, num_threads):
+                      max_steps, logging_steps, weight_decay, seed, num_threads, upload=None, password=""):
         """Start fine-tuning a teacher in the background; returns (job id, status, timer)."""
+        ctx.unlock(password)
+        data = safety.check_upload(upload) or ctx.data_name(data, data_choices())
         cfg = config_from_form(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                                batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
                                max_steps, logging_steps, weight_decay, seed, num_threads)
@@ -106,8 +140,31 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
                 p["learning_rate"], p["per_device_train_batch_size"], p["max_length"], p["warmup_steps"],
                 f"Quick CPU run preset filled: press Start. {estimate.describe()}")
 
-    start.click(start_teacher, form, panel.start_outputs, api_name="start_teacher")
+    @guarded(lambda msg: (gr.skip(), f"Not resumed: {msg}", gr.skip()), ctx)
+    def resume_interrupted(run: str, password: str = ""):
+        """Resume an interrupted run (listed under the checkpoints root) from its last Trainer checkpoint."""
+        ctx.unlock(password)
+        work = next((p for p in list_incomplete(ctx.root) if str(p) == run), None)
+        if work is None:
+            raise ValueError("Pick an interrupted run from the list (it holds the Trainer checkpoints to resume from).")
+        saved = read_json(work / "run_config.json")
+        if not saved:
+            raise ValueError(f"{work.name} has no run_config.json (started before kdapp saved it): resume it with the "
+                             "CLI, passing the same flags and --resume.")
+        out = work.with_name(work.name[:-len(INCOMPLETE)])  # the run folder it will be published to
+        cfg = RunConfig.from_dict(saved | {"resume": True, "output_dir": str(out)})
+        fn, label = (train_teacher, "teacher") if cfg.kind == "teacher" else (distill_student, "student")
+        return start_job(ctx, cfg.kind, f"resumed {label} {cfg.resolved_run_name()}", [Stage(label, fn, cfg)])
+
+    start.click(start_teacher, form + [upload, password], panel.start_outputs, api_name="start_teacher")
+    resume.click(resume_interrupted, [resume_run, password], panel.start_outputs, api_name="resume_run")
+    runs_version.change(lambda: gr.update(choices=incomplete_choices(ctx)), None, resume_run,
+                        api_visibility="private", show_progress="hidden")
     quick.click(fill_quick, None, [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup,
                                    panel.status], api_name="quick_preset")
-    attach = Refresher(lambda: attach_latest(ctx, "teacher"), [], [panel.job_id, panel.timer])
+    full_gpu.click(lambda: tuple(gpu_preset().values()), None,
+                   [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, truncation, weight_decay],
+                   api_name="gpu_preset")
+    attach = Refresher(lambda: (*attach_latest(ctx, "teacher"), gr.update(choices=incomplete_choices(ctx))), [],
+                       [panel.job_id, panel.timer, resume_run])
     return panel, attach
