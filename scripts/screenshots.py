@@ -54,6 +54,7 @@ def free_port() -> int:
 def save(page, path: Path) -> None:
     """Full page if it fits in MAX_BYTES, else the visible viewport only."""
     page.wait_for_timeout(600)  # let plotly finish its transitions
+    page.wait_for_function("() => !document.body.innerText.includes('processing |')")  # no pending outputs
     page.screenshot(path=str(path), full_page=True)
     if path.stat().st_size > MAX_BYTES:
         page.screenshot(path=str(path), full_page=False)
@@ -87,7 +88,7 @@ def main() -> int:
             browser = p.chromium.launch(executable_path=args.chromium, headless=True, args=ARGS)
             page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
             page.set_default_timeout(600_000)
-            page.goto(url, wait_until="networkidle")
+            page.goto(url, wait_until="domcontentloaded", timeout=180_000)
             page.wait_for_selector("#train_start")
 
             # Compare: the newest teacher and KD student on a real review

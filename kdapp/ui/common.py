@@ -11,7 +11,7 @@ from typing import Callable
 
 import gradio as gr
 
-from ..checkpoints import INCOMPLETE, RunInfo, list_runs
+from ..checkpoints import RunInfo, list_runs
 from ..data import DataError
 from ..jobs import JobRegistry
 from ..inference import predict
@@ -40,16 +40,7 @@ def local_imdb() -> str | None:
 
 def find_runs(root: Path) -> list[RunInfo]:
     """Complete runs directly under root and one folder level down (e.g. checkpoints/cpu-scale/<run>), newest first."""
-    root = Path(root)
-    runs = list_runs(root)
-    if root.is_dir():
-        known = {r.path for r in runs}
-        for sub in root.iterdir():
-            hidden_or_partial = sub.name.startswith(".") or sub.name.endswith(INCOMPLETE)
-            if sub.is_dir() and sub not in known and not hidden_or_partial:
-                runs += list_runs(sub)
-    runs.sort(key=lambda r: r.path.stat().st_mtime if r.path.exists() else 0, reverse=True)
-    return runs
+    return list_runs(root)  # list_runs itself looks one level down
 
 
 def run_label(run: RunInfo) -> str:
