@@ -57,10 +57,18 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "kd-windows": ("kdapp: KD student + window views of the same labelled reviews",
                        RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
                                  augment_windows=2, cache_teacher_logits=True, **COMMON, **KDAPP_STUDENT)),
+        "kd-masked": ("kdapp: KD student + a masked copy of each labelled review",
+                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
+                                augment_masked=1, augment_mask_prob=0.15, cache_teacher_logits=True,
+                                **COMMON, **KDAPP_STUDENT)),
         "kd-transfer": ("kdapp: KD student + 2,000 unlabelled reviews",
                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
                                   transfer_data="rest", transfer_samples=2000, cache_teacher_logits=True,
                                   **COMMON, **KDAPP_STUDENT)),
+        "kd-transfer-4k": ("kdapp: KD student + 4,000 unlabelled reviews",
+                           RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
+                                     transfer_data="rest", transfer_samples=4000, cache_teacher_logits=True,
+                                     **COMMON, **KDAPP_STUDENT)),
     }
 
 
@@ -119,7 +127,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
                      "ece": m["ece"], "train_runtime_s": info.metrics.get("train_runtime_s"),
                      "params": info.metrics.get("params"), "size_mb": info.metrics.get("size_mb"),
                      "epochs": cfg.num_train_epochs, "learning_rate": cfg.learning_rate})
-    pairs = [("seed-kd", "seed-nokd"), ("kd", "nokd"), ("kd-windows", "nokd"), ("kd-transfer", "nokd")]
+    pairs = [("seed-kd", "seed-nokd"), ("kd", "nokd"), ("kd-windows", "nokd"), ("kd-masked", "nokd"),
+             ("kd-transfer", "nokd"), ("kd-transfer-4k", "nokd")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"].endswith("teacher")}
 

@@ -40,7 +40,7 @@ import torch  # noqa: E402  (before kdapp in the worker: its PASSIVE default mus
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "imdb" / "train.parquet"
-DEFAULT_TEACHER = ROOT / "checkpoints" / "cpu-scale" / "kdapp-teacher"
+DEFAULT_TEACHER = ROOT / "checkpoints" / "cpu-scale" / "teacher"
 RECIPE = dict(per_device_train_batch_size=16, learning_rate=1e-4, alpha=0.5, temperature=2.0, seed=42)
 TARGETS = {"train_1ep": 1.5, "cache_2ep": 1.4, "infer_fp32": 1.2, "infer_fastest": 2.5, "arch": 1.9}
 
@@ -163,7 +163,7 @@ def ensure_teacher(args, work: Path) -> tuple[str, str]:
     if args.teacher:
         return str(Path(args.teacher).resolve()), "given (--teacher)"
     if is_complete(DEFAULT_TEACHER):
-        return str(DEFAULT_TEACHER), "checkpoints/cpu-scale/kdapp-teacher"
+        return str(DEFAULT_TEACHER), "checkpoints/cpu-scale/teacher (benchmarks/accuracy.py)"
     log(f"no fine-tuned teacher given: fine-tuning MiniLM for {args.teacher_steps} steps (accuracies will be modest)")
     cfg = RunConfig(kind="teacher", model="minilm", data=args.data, max_train_samples=args.n_reviews,
                     max_eval_samples=64, max_length=args.max_length, max_steps=args.teacher_steps,

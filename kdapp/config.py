@@ -68,6 +68,9 @@ class RunConfig:
     augment_windows: int = _f(0, "Augmentation: up to N extra KD-only rows per long labelled review, each another "
                                  "max_length window of its text (the teacher's soft targets, never the label).",
                               kinds="distill")
+    augment_masked: int = _f(0, "Augmentation: N copies of each labelled review with tokens replaced by [MASK] at "
+                                "random (Tang et al. 2019), KD-only rows labelled by the teacher.", kinds="distill")
+    augment_mask_prob: float = _f(0.15, "Share of a masked copy's tokens replaced by [MASK].", kinds="distill")
     cache_teacher_logits: bool = _f(False, "Compute the teacher's logits once and reuse them every epoch.",
                                     kinds="distill")
     # bookkeeping
@@ -118,11 +121,15 @@ class RunConfig:
                 raise ValueError(message)
         if self.kind == "distill" and not self.teacher:
             raise ValueError("kind='distill' needs teacher=<folder of a fine-tuned teacher run>")
-        if self.augment_windows < 0:
-            raise ValueError(f"augment_windows must be >= 0, got {self.augment_windows}")
-        if self.alpha == 1.0 and (self.transfer_data or self.hidden_loss != "none" or self.augment_windows):
-            raise ValueError("alpha=1 is the no-KD student (no teacher): transfer_data, augment_windows and "
-                             "hidden_loss need alpha < 1")
+        for name in ("augment_windows", "augment_masked"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.augment_mask_prob < 1:
+            raise ValueError(f"augment_mask_prob must be in (0, 1), got {self.augment_mask_prob}")
+        if self.alpha == 1.0 and (self.transfer_data or self.hidden_loss != "none" or self.augment_windows
+                                  or self.augment_masked):
+            raise ValueError("alpha=1 is the no-KD student (no teacher): transfer_data, augment_windows, "
+                             "augment_masked and hidden_loss need alpha < 1")
         if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.run_name):
             raise ValueError(f"run_name may hold letters, digits, '.', '_' and '-' only (max 100), got {self.run_name!r}")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 from datasets import Dataset
 
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -53,6 +54,20 @@ def window_views(tokenizer, texts: list[str], max_length: int, per_review: int) 
                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]:
         chunks = [ids[i: i + budget] for i in range(budget, len(ids), budget)]
         views += [[first] + c + [last] for c in chunks[:per_review] if len(c) >= budget // 4]
+    return views
+
+
+def masked_views(ids: list[list[int]], mask_id: int, copies: int, prob: float, seed: int = 0,
+                 keep: frozenset[int] = frozenset()) -> list[list[int]]:
+    """`copies` perturbed copies of every sequence: each token not in `keep` (the special tokens) becomes `mask_id`
+    with probability `prob` (Tang et al. 2019's masking augmentation). Seeded: the same inputs give the same views,
+    so a logit cache keyed by token ids stays valid across runs."""
+    rng = np.random.default_rng(seed)
+    views = []
+    for _ in range(copies):
+        for seq in ids:
+            hit = rng.random(len(seq)) < prob
+            views.append([mask_id if h and t not in keep else t for t, h in zip(seq, hit)])
     return views
 
 

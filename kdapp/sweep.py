@@ -17,6 +17,9 @@ from .train import distill_student
 WEIGHT_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
+NO_KD_OPTIONS = dict(transfer_data=None, transfer_samples=None, augment_windows=0, augment_masked=0, hidden_loss="none")
+
+
 def grid(alphas, temperatures) -> list[tuple[float, float]]:
     """(alpha, T) points; alpha = 1 ignores T, so it appears once."""
     points = [(float(a), float(t)) for a, t in itertools.product(alphas, temperatures) if float(a) < 1.0]
@@ -40,9 +43,10 @@ def run_sweep(base: RunConfig, alphas, temperatures, sweep_dir: Path | str | Non
         if (alpha, temperature) in done:
             continue
         name = f"a{alpha:g}-T{temperature:g}"
+        kd_only = NO_KD_OPTIONS if alpha == 1.0 else {}  # the no-KD point: labels only, same init, epochs and LR
         cfg = dataclasses.replace(base, kind="distill", alpha=alpha, temperature=temperature, run_name=name,
                                   output_dir=str(sweep_dir / name), overwrite=True,
-                                  cache_teacher_logits=base.hidden_loss == "none")
+                                  cache_teacher_logits=base.hidden_loss == "none", **kd_only)
         result = distill_student(cfg, callbacks=callbacks)
         if result.status != "done":
             break

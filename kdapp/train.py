@@ -24,7 +24,7 @@ from .checkpoints import last_trainer_checkpoint, save_run, work_dir, write_json
 from .config import FROM_TEACHER, RunConfig
 from .data import load_splits, load_transfer_texts
 from .distill import IGNORE, DistillationTrainer
-from .encoding import tokenize_dataset, window_views
+from .encoding import masked_views, tokenize_dataset, window_views
 from .evaluation import score
 from .metrics import trainer_metrics
 from .models import (check_same_tokenizer, count_parameters, load_model, load_pair, load_tokenizer,
@@ -90,10 +90,17 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         train_rows = concatenate_datasets([train_rows.cast(extra.features), extra])
         transfer_rows = len(texts)
     train_ds = _tokenize(cfg, train_rows, tokenizer, max_length)
-    augment_rows = 0
-    if cfg.augment_windows:  # KD-only views: further windows of the long labelled reviews
-        views = window_views(tokenizer, splits["train"]["text"], max_length, cfg.augment_windows)
-        augment_rows = len(views)
+    views = []  # KD-only augmentation rows made from the labelled reviews themselves (the teacher labels them)
+    if cfg.augment_windows:  # further windows of the long labelled reviews
+        views += window_views(tokenizer, splits["train"]["text"], max_length, cfg.augment_windows)
+    if cfg.augment_masked:  # copies of the labelled rows (as truncated for training) with random [MASK] tokens
+        if tokenizer.mask_token_id is None:
+            raise ValueError("augment_masked needs a tokenizer with a [MASK] token")
+        labelled = train_ds["input_ids"][: len(splits["train"])]
+        views += masked_views(labelled, tokenizer.mask_token_id, cfg.augment_masked, cfg.augment_mask_prob,
+                              seed=cfg.seed, keep=frozenset(tokenizer.all_special_ids))
+    augment_rows = len(views)
+    if views:
         extra = Dataset.from_dict({"label": [IGNORE] * len(views), "input_ids": views,
                                    "attention_mask": [[1] * len(v) for v in views], "idx": [0] * len(views)})
         train_ds = concatenate_datasets([train_ds, extra.cast(train_ds.features)])

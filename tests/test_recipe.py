@@ -6,7 +6,7 @@ import pytest
 
 from kdapp import RunConfig, distill_student, train_teacher
 from kdapp.calibration import calibrate_checkpoint
-from kdapp.encoding import window_views
+from kdapp.encoding import masked_views, window_views
 from kdapp.sweep import grid, run_sweep
 
 
@@ -59,6 +59,33 @@ def test_augment_windows_adds_kd_only_rows(tmp_path, teacher_dir, long_reviews):
         RunConfig(kind="distill", teacher="t", alpha=1.0, augment_windows=1)
 
 
+def test_masked_views_mask_some_tokens_and_never_the_special_ones():
+    seqs = [[101] + list(range(1000, 1200)) + [102], [101, 7, 8, 102]]
+    views = masked_views(seqs, mask_id=103, copies=3, prob=0.25, seed=1, keep=frozenset({101, 102}))
+    assert len(views) == 6 and [len(v) for v in views] == [len(s) for s in seqs] * 3
+    for view, seq in zip(views, seqs * 3):
+        assert view[0] == 101 and view[-1] == 102  # [CLS] and [SEP] stay
+        assert all(v == s or v == 103 for v, s in zip(view, seq))  # a token is kept or masked, nothing else
+    share = np.mean([v == 103 for v in views[0][1:-1]])
+    assert 0.15 < share < 0.35  # about prob of the 200 tokens
+    assert views[0] != views[2]  # each copy masks other tokens
+    assert views == masked_views(seqs, mask_id=103, copies=3, prob=0.25, seed=1, keep=frozenset({101, 102}))
+
+
+def test_augment_masked_adds_kd_only_copies(tmp_path, teacher_dir, reviews_parquet):
+    _teacher(tmp_path, teacher_dir, reviews_parquet)
+    cfg = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher",
+                    data=str(reviews_parquet), max_length=16, max_steps=3, augment_masked=2, augment_mask_prob=0.3,
+                    cache_teacher_logits=True, eval_strategy="no", output_dir=str(tmp_path / "masked"))
+    result = distill_student(cfg)
+    meta = json.loads((tmp_path / "masked" / "run_config.json").read_text())["meta"]
+    assert result.status == "done"
+    assert meta["augment_rows"] == 2 * meta["train_rows"] > 0
+    for bad in (dict(augment_masked=-1), dict(augment_masked=1, augment_mask_prob=1.0), dict(alpha=1.0, augment_masked=1)):
+        with pytest.raises(ValueError):
+            RunConfig(kind="distill", teacher="t", **bad)
+
+
 def test_sweep_writes_one_result_per_grid_point(tmp_path, teacher_dir, reviews_parquet):
     _teacher(tmp_path, teacher_dir, reviews_parquet)
     base = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher",
@@ -70,6 +97,17 @@ def test_sweep_writes_one_result_per_grid_point(tmp_path, teacher_dir, reviews_p
         [(r["alpha"], r["temperature"]) for r in saved]
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["ece"] >= 0 for r in rows)
     assert not (tmp_path / "sweep" / "a0.5-T1" / "model.safetensors").exists()  # weights dropped by default
+
+
+def test_sweep_no_kd_point_drops_the_kd_only_options(tmp_path, teacher_dir, reviews_parquet):
+    _teacher(tmp_path, teacher_dir, reviews_parquet)
+    base = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher",
+                     data=str(reviews_parquet), max_length=16, max_steps=2, max_eval_samples=16, eval_strategy="no",
+                     augment_masked=1, transfer_data="rest", transfer_samples=8)
+    rows = run_sweep(base, [1.0], [2.0], sweep_dir=tmp_path / "sweep")
+    saved = json.loads((tmp_path / "sweep" / "a1-T2" / "run_config.json").read_text())
+    assert len(rows) == 1 and saved["alpha"] == 1.0
+    assert (saved["augment_masked"], saved["transfer_data"], saved["meta"]["augment_rows"]) == (0, None, 0)
 
 
 def test_calibrate_fits_temperature_and_saves(tmp_path, teacher_dir, reviews_parquet):

@@ -57,8 +57,8 @@ def start_distill(demo, teacher, data, **kw):
                   data=str(data), max_train_samples=0, max_eval_samples=16, num_train_epochs=1, learning_rate=1e-3,
                   batch_size=8, max_length=16, warmup_steps=0, alpha=0.5, temperature=2.0, also_nokd=False,
                   use_wandb=False, truncation="head", transfer_data="none", transfer_samples=0, hidden_loss="none",
-                  hidden_loss_weight=1.0, cache_teacher_logits=False, augment_windows=0, max_steps=2, logging_steps=1,
-                  eval_strategy="no", seed=42, num_threads=1, run_name="")
+                  hidden_loss_weight=1.0, cache_teacher_logits=False, augment_windows=0, augment_masked=0, max_steps=2,
+                  logging_steps=1, eval_strategy="no", seed=42, num_threads=1, run_name="")
     fn = handler(demo, "start_distill")
     names = fn.__wrapped__.__code__.co_varnames[:fn.__wrapped__.__code__.co_argcount]
     return fn(**{k: v for k, v in (values | kw).items() if k in names})  # the form may grow fields

@@ -93,7 +93,7 @@ def test_second_start_says_a_job_is_running(runs, teacher_dir, reviews_parquet):
 
 def distill_args(teacher, data, also_nokd=True):
     return [str(teacher), "made from the teacher (every other layer)", "", 2, str(data), 0, 16, 1, 1e-3, 8, 16, 0,
-            0.5, 2.0, also_nokd, False, "head", "none", 0, "none", 1.0, False, 0, 3, 1, "no", 42, 1, ""]
+            0.5, 2.0, also_nokd, False, "head", "none", 0, "none", 1.0, False, 0, 0, 3, 1, "no", 42, 1, ""]
 
 
 def test_distill_job_trains_kd_and_nokd_students(runs, reviews_parquet, tmp_path):

@@ -81,6 +81,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             cache_logits = gr.Checkbox(DEFAULTS.cache_teacher_logits, label="Cache the teacher's logits")
             augment = gr.Number(DEFAULTS.augment_windows, label="Window augmentation (KD-only windows per long review)",
                                 precision=0, elem_id="distill_augment")
+            augment_masked = gr.Number(DEFAULTS.augment_masked, precision=0, elem_id="distill_augment_masked",
+                                       label="Masked copies (KD-only copies of each review, 15 % of tokens [MASK])")
         with gr.Row():
             max_steps = gr.Number(0, label="Max steps (0 = use epochs)", precision=0, elem_id="distill_max_steps")
             logging_steps = gr.Number(DEFAULTS.logging_steps, label="Log every N steps", precision=0,
@@ -99,15 +101,15 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
 
     form = [teacher, student_source, student, student_layers, data, max_train, max_eval, epochs, lr, batch,
             max_length, warmup, alpha, temperature, also_nokd, wandb, truncation, transfer_data, transfer_samples,
-            hidden_loss, hidden_loss_weight, cache_logits, augment, max_steps, logging_steps, eval_strategy, seed, threads,
-            run_name]
+            hidden_loss, hidden_loss_weight, cache_logits, augment, augment_masked, max_steps, logging_steps,
+            eval_strategy, seed, threads, run_name]
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
                       num_train_epochs, learning_rate, batch_size, max_length, warmup_steps, alpha, temperature,
                       also_nokd, use_wandb, truncation, transfer_data, transfer_samples, hidden_loss,
-                      hidden_loss_weight, cache_teacher_logits, augment_windows, max_steps, logging_steps,
-                      eval_strategy, seed, num_threads, run_name, password=""):
+                      hidden_loss_weight, cache_teacher_logits, augment_windows, augment_masked, max_steps,
+                      logging_steps, eval_strategy, seed, num_threads, run_name, password=""):
         """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
         ctx.unlock(password)
         from_teacher = student_source != OTHER_LABEL
@@ -124,7 +126,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             transfer_data=None if transfer_data in (None, "", "none") else transfer_data,
             transfer_samples=as_int(transfer_samples), hidden_loss=hidden_loss,
             hidden_loss_weight=float(hidden_loss_weight or 0), cache_teacher_logits=bool(cache_teacher_logits),
-            augment_windows=as_int(augment_windows) or 0,
+            augment_windows=as_int(augment_windows) or 0, augment_masked=as_int(augment_masked) or 0,
             max_steps=as_int(max_steps) or -1, logging_steps=as_int(logging_steps, False) or 0,
             eval_strategy=eval_strategy, seed=as_int(seed, False) or 0, num_threads=as_int(num_threads),
             run_name=(run_name or "").strip() or None)
@@ -133,7 +135,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
         if also_nokd and cfg.alpha < 1:
             nokd_name = f"{values['run_name']}-nokd" if values["run_name"] else None
             nokd = build_config("distill", ctx.root, **(values | dict(
-                alpha=1.0, transfer_data=None, transfer_samples=None, hidden_loss="none", augment_windows=0,
+                alpha=1.0, transfer_data=None, transfer_samples=None, hidden_loss="none", augment_windows=0, augment_masked=0,
                 cache_teacher_logits=False, run_name=nokd_name)))
             stages.append(Stage("no-KD student", distill_student, nokd))
         title = " + ".join(f"{s.label} {s.cfg.run_name}" for s in stages)
