@@ -34,6 +34,14 @@ def _str2bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' except for None: config flags default to None (so --config values survive) and name
+    RunConfig's own default in their help."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _add_config_args(parser: argparse.ArgumentParser, kind: str) -> None:
     hints = typing.get_type_hints(RunConfig)
     parser.add_argument("--config", help="JSON file of RunConfig fields (flags given here override it)")
@@ -63,13 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     for kind, help_ in (("teacher", "fine-tune a teacher (cross-entropy, Trainer)"),
                         ("distill", "distil a teacher into a student (alpha*CE + (1-alpha)*T^2*KL)")):
         p = sub.add_parser(kind, help=help_, description=help_, epilog=EPILOG[kind],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_DefaultsHelp)
         _add_config_args(p, kind)
 
     p = sub.add_parser("sweep", help="alpha/T grid of distillation runs -> table (+ sweep.json)",
                        description="One distill run per (alpha, T) with the other distill flags fixed; the teacher's "
                                    "logits are computed once and shared.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_DefaultsHelp)
     _add_config_args(p, "distill")
     p.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.5, 0.9, 1.0], help="alpha values")
     p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="T values")
@@ -100,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "arch:distilbert-base-uncased built from their configs with random weights).",
                        epilog="example: python -m kdapp bench --models arch:bert-base-uncased "
                               "arch:distilbert-base-uncased --batch_sizes 1 100 --max_length 128 --json bench.json",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_DefaultsHelp)
     p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
                    help="hub ids, checkpoint folders or arch:NAME; the first is the Delta column's baseline")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 100], help="batch sizes to time")

@@ -108,8 +108,11 @@ def test_help_explains_every_flag(command, expected):
     text = " ".join(out.split())  # argparse wraps lines
     for word in expected:
         assert word in text, word
+    assert ") (default: None)" not in text  # each default named once
     if command == "teacher":
         assert "--alpha" not in text  # distill-only flags stay out of the teacher's help
+    if command == "distill":
+        assert "T of the KD term. (default: 2.0)" in text and "--augment_masked" in text
 
 
 @pytest.mark.parametrize("argv, message", [
