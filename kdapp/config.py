@@ -69,7 +69,8 @@ class RunConfig:
                                  "max_length window of its text (the teacher's soft targets, never the label).",
                               kinds="distill")
     augment_masked: int = _f(0, "Augmentation: N copies of each labelled review with tokens replaced by [MASK] at "
-                                "random (Tang et al. 2019), KD-only rows labelled by the teacher.", kinds="distill")
+                                "random (Tang et al. 2019), KD-only rows labelled by the teacher (with alpha=1, "
+                                "no teacher: by the review's label).", kinds="distill")
     augment_mask_prob: float = _f(0.15, "Share of a masked copy's tokens replaced by [MASK].", kinds="distill")
     cache_teacher_logits: bool = _f(False, "Compute the teacher's logits once and reuse them every epoch.",
                                     kinds="distill")
@@ -126,10 +127,9 @@ class RunConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.augment_mask_prob < 1:
             raise ValueError(f"augment_mask_prob must be in (0, 1), got {self.augment_mask_prob}")
-        if self.alpha == 1.0 and (self.transfer_data or self.hidden_loss != "none" or self.augment_windows
-                                  or self.augment_masked):
-            raise ValueError("alpha=1 is the no-KD student (no teacher): transfer_data, augment_windows, "
-                             "augment_masked and hidden_loss need alpha < 1")
+        if self.alpha == 1.0 and (self.transfer_data or self.hidden_loss != "none" or self.augment_windows):
+            raise ValueError("alpha=1 is the no-KD student (no teacher): transfer_data, augment_windows and "
+                             "hidden_loss need alpha < 1")
         if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.run_name):
             raise ValueError(f"run_name may hold letters, digits, '.', '_' and '-' only (max 100), got {self.run_name!r}")
 

@@ -101,7 +101,12 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
                               seed=cfg.seed, keep=frozenset(tokenizer.all_special_ids))
     augment_rows = len(views)
     if views:
-        extra = Dataset.from_dict({"label": [IGNORE] * len(views), "input_ids": views,
+        # KD-only rows; a no-KD student (alpha = 1, no teacher) gives a masked copy its review's label instead,
+        # the control that separates what the augmentation buys from what the teacher's soft targets buy
+        labels = [IGNORE] * len(views)
+        if cfg.alpha == 1.0:
+            labels = list(splits["train"]["label"]) * cfg.augment_masked
+        extra = Dataset.from_dict({"label": labels, "input_ids": views,
                                    "attention_mask": [[1] * len(v) for v in views], "idx": [0] * len(views)})
         train_ds = concatenate_datasets([train_ds, extra.cast(train_ds.features)])
         train_ds = train_ds.remove_columns("idx").add_column("idx", list(range(len(train_ds))))
@@ -123,7 +128,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         hidden_loss_weight=cfg.hidden_loss_weight, logit_cache=cache,
         teacher_dtype=_half_dtype(args) if use_cuda else None)  # teacher in half precision on a GPU
     meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows, "transfer_rows": transfer_rows,
-            "augment_rows": augment_rows,
+            "augment_rows": augment_rows, "augment_targets": "labels" if cfg.alpha == 1.0 else "teacher",
             "student_layer_map": layer_map, "teacher_logits_cached": cache is not None,
             "teacher_logits_cache_hit": cache_hit, "max_length_effective": max_length,
             "teacher_params": count_parameters(teacher)}

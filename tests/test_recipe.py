@@ -80,10 +80,33 @@ def test_augment_masked_adds_kd_only_copies(tmp_path, teacher_dir, reviews_parqu
     result = distill_student(cfg)
     meta = json.loads((tmp_path / "masked" / "run_config.json").read_text())["meta"]
     assert result.status == "done"
-    assert meta["augment_rows"] == 2 * meta["train_rows"] > 0
-    for bad in (dict(augment_masked=-1), dict(augment_masked=1, augment_mask_prob=1.0), dict(alpha=1.0, augment_masked=1)):
+    assert meta["augment_rows"] == 2 * meta["train_rows"] > 0 and meta["augment_targets"] == "teacher"
+    for bad in (dict(augment_masked=-1), dict(augment_masked=1, augment_mask_prob=1.0)):
         with pytest.raises(ValueError):
             RunConfig(kind="distill", teacher="t", **bad)
+
+
+def test_no_kd_masked_copies_keep_the_review_label(tmp_path, teacher_dir, reviews_parquet, monkeypatch):
+    """The control run: alpha = 1 trains on the masked copies with their reviews' labels (no teacher)."""
+    import kdapp.train as train_module
+
+    seen = {}
+    real = train_module.DistillationTrainer
+
+    def spy(*args, **kwargs):
+        seen["train"] = kwargs["train_dataset"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "DistillationTrainer", spy)
+    _teacher(tmp_path, teacher_dir, reviews_parquet)
+    cfg = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher", alpha=1.0,
+                    data=str(reviews_parquet), max_length=16, max_steps=2, augment_masked=1, eval_strategy="no",
+                    output_dir=str(tmp_path / "nokd-masked"))
+    assert distill_student(cfg).status == "done"
+    meta = json.loads((tmp_path / "nokd-masked" / "run_config.json").read_text())["meta"]
+    labels, n = seen["train"]["label"], meta["train_rows"]
+    assert meta["augment_rows"] == n and meta["augment_targets"] == "labels"
+    assert labels[n:] == labels[:n] and -100 not in labels  # each copy carries its review's label
 
 
 def test_sweep_writes_one_result_per_grid_point(tmp_path, teacher_dir, reviews_parquet):

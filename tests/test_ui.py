@@ -7,7 +7,7 @@ import pytest
 
 from app_fixtures import launch, make_runs
 from conftest import tiny_bert
-from kdapp import plots
+from kdapp import RunConfig, plots
 from kdapp.jobs import JobRegistry, Stage
 from kdapp.train import RunResult
 from kdapp.ui import build_app
@@ -200,3 +200,15 @@ def test_client_benchmark(client, runs):
                                   api_name="/benchmark")
     assert "Latency, batch 1" in table
     assert json.loads(chart["plot"])["data"][0]["type"] == "bar"
+
+
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_recipe_presets_fill_every_field_and_make_a_valid_config(scale):
+    from kdapp.ui.distill_tab import PRESET_FIELDS, recipe_preset
+
+    preset = recipe_preset(scale)
+    assert tuple(preset) == PRESET_FIELDS  # the buttons write the values to the controls in this order
+    values = {k: (v or None) if k in ("transfer_samples", "max_train_samples") else v for k, v in preset.items()
+              if isinstance(v, (str, int, float, bool))}  # the CPU preset keeps the chosen data (gr.skip)
+    cfg = RunConfig(kind="distill", teacher="t", **values)
+    assert cfg.alpha < 1 and cfg.cache_teacher_logits and cfg.transfer_data
