@@ -72,6 +72,11 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                            RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
                                      transfer_data="rest", transfer_samples=4000, cache_teacher_logits=True,
                                      **COMMON, **KDAPP_STUDENT)),
+        "kd-transfer-masked": ("kdapp: KD student + 2,000 unlabelled reviews + a masked copy of each labelled review",
+                               RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
+                                         transfer_data="rest", transfer_samples=2000, augment_masked=1,
+                                         augment_mask_prob=0.15, cache_teacher_logits=True,
+                                         **COMMON, **KDAPP_STUDENT)),
     }
 
 
@@ -131,7 +136,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
                      "params": info.metrics.get("params"), "size_mb": info.metrics.get("size_mb"),
                      "epochs": cfg.num_train_epochs, "learning_rate": cfg.learning_rate})
     pairs = [("seed-kd", "seed-nokd"), ("kd", "nokd"), ("kd-windows", "nokd"), ("kd-masked", "nokd"),
-             ("kd-masked", "nokd-masked"), ("kd-transfer", "nokd"), ("kd-transfer-4k", "nokd")]
+             ("kd-masked", "nokd-masked"), ("kd-transfer", "nokd"), ("kd-transfer-4k", "nokd"),
+             ("kd-transfer-masked", "nokd")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"].endswith("teacher")}
 
