@@ -36,6 +36,8 @@ SEED = dict(num_train_epochs=1.0, learning_rate=2e-5, per_device_train_batch_siz
 KDAPP = dict(num_train_epochs=3.0, learning_rate=1e-4, warmup_steps=0.1, weight_decay=0.01, truncation="head_tail")
 KDAPP_STUDENT = dict(KDAPP, num_train_epochs=2.0)  # students start from the fine-tuned teacher's layers
 STUDENT = dict(student=FROM_TEACHER, student_layers=3)  # the fine-tuned teacher's layers 0, 2, 4 and its head
+TRANSFER_MASKED = dict(alpha=0.5, temperature=2.0, transfer_data="rest", transfer_samples=2000, augment_masked=1,
+                       augment_mask_prob=0.15, cache_teacher_logits=True)
 
 
 def runs() -> dict[str, tuple[str, RunConfig]]:
@@ -73,10 +75,20 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                                      transfer_data="rest", transfer_samples=4000, cache_teacher_logits=True,
                                      **COMMON, **KDAPP_STUDENT)),
         "kd-transfer-masked": ("kdapp: KD student + 2,000 unlabelled reviews + a masked copy of each labelled review",
-                               RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
-                                         transfer_data="rest", transfer_samples=2000, augment_masked=1,
-                                         augment_mask_prob=0.15, cache_teacher_logits=True,
+                               RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
                                          **COMMON, **KDAPP_STUDENT)),
+        "kd-transfer-masked-hidden": ("kd-transfer-masked + cosine loss on the mapped hidden states (DistilBERT's)",
+                                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
+                                                hidden_loss="cosine", **COMMON, **KDAPP_STUDENT)),
+        "kd-transfer-masked-3ep": ("kd-transfer-masked, 3 epochs",
+                                   RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
+                                             **COMMON, **dict(KDAPP_STUDENT, num_train_epochs=3.0))),
+        "kd-transfer-masked-a0": ("kd-transfer-masked with alpha 0 (teacher's soft targets only, labels unused)",
+                                  RunConfig(kind="distill", teacher=t_kdapp, **STUDENT,
+                                            **dict(TRANSFER_MASKED, alpha=0.0), **COMMON, **KDAPP_STUDENT)),
+        "kd-transfer-masked-t4": ("kd-transfer-masked with temperature 4",
+                                  RunConfig(kind="distill", teacher=t_kdapp, **STUDENT,
+                                            **dict(TRANSFER_MASKED, temperature=4.0), **COMMON, **KDAPP_STUDENT)),
     }
 
 
@@ -137,7 +149,9 @@ def report(names: list[str], table: dict, out: Path) -> None:
                      "epochs": cfg.num_train_epochs, "learning_rate": cfg.learning_rate})
     pairs = [("seed-kd", "seed-nokd"), ("kd", "nokd"), ("kd-windows", "nokd"), ("kd-masked", "nokd"),
              ("kd-masked", "nokd-masked"), ("kd-transfer", "nokd"), ("kd-transfer-4k", "nokd"),
-             ("kd-transfer-masked", "nokd")]
+             ("kd-transfer-masked", "nokd"), ("kd-transfer-masked-hidden", "nokd"),
+             ("kd-transfer-masked-a0", "nokd"), ("kd-transfer-masked-t4", "nokd"),
+             ("kd-transfer-masked-3ep", "nokd")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"].endswith("teacher")}
 
