@@ -89,6 +89,9 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "kd-transfer-masked-t4": ("kd-transfer-masked with temperature 4",
                                   RunConfig(kind="distill", teacher=t_kdapp, **STUDENT,
                                             **dict(TRANSFER_MASKED, temperature=4.0), **COMMON, **KDAPP_STUDENT)),
+        "nokd-3ep": ("control: no-KD student, 3 epochs",
+                     RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, **COMMON,
+                               **dict(KDAPP_STUDENT, num_train_epochs=3.0))),
     }
 
 
@@ -151,7 +154,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-masked", "nokd-masked"), ("kd-transfer", "nokd"), ("kd-transfer-4k", "nokd"),
              ("kd-transfer-masked", "nokd"), ("kd-transfer-masked-hidden", "nokd"),
              ("kd-transfer-masked-a0", "nokd"), ("kd-transfer-masked-t4", "nokd"),
-             ("kd-transfer-masked-3ep", "nokd")]
+             ("kd-transfer-masked-3ep", "nokd"), ("kd-transfer-masked-3ep", "nokd-3ep"), ("nokd-3ep", "nokd")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"].endswith("teacher")}
 
