@@ -36,8 +36,9 @@ SEED = dict(num_train_epochs=1.0, learning_rate=2e-5, per_device_train_batch_siz
 KDAPP = dict(num_train_epochs=3.0, learning_rate=1e-4, warmup_steps=0.1, weight_decay=0.01, truncation="head_tail")
 KDAPP_STUDENT = dict(KDAPP, num_train_epochs=2.0)  # students start from the fine-tuned teacher's layers
 STUDENT = dict(student=FROM_TEACHER, student_layers=3)  # the fine-tuned teacher's layers 0, 2, 4 and its head
-TRANSFER_MASKED = dict(alpha=0.5, temperature=2.0, transfer_data="rest", transfer_samples=2000, augment_masked=1,
-                       augment_mask_prob=0.15, cache_teacher_logits=True)
+KD = dict(alpha=0.5, temperature=2.0, cache_teacher_logits=True)  # kdapp's KD students: teacher logits cached
+TRANSFER_MASKED = dict(KD, transfer_data="rest", transfer_samples=2000, augment_masked=1, augment_mask_prob=0.15)
+KDAPP_STUDENT_3EP = dict(KDAPP_STUDENT, num_train_epochs=3.0)
 
 
 def runs() -> dict[str, tuple[str, RunConfig]]:
@@ -54,26 +55,22 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "nokd": ("kdapp: no-KD student (alpha 1)",
                  RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, **COMMON, **KDAPP_STUDENT)),
         "kd": ("kdapp: KD student, labelled reviews only",
-               RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
-                         cache_teacher_logits=True, **COMMON, **KDAPP_STUDENT)),
+               RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, **COMMON, **KDAPP_STUDENT)),
         "kd-windows": ("kdapp: KD student + window views of the same labelled reviews",
-                       RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
-                                 augment_windows=2, cache_teacher_logits=True, **COMMON, **KDAPP_STUDENT)),
+                       RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, augment_windows=2,
+                                 **COMMON, **KDAPP_STUDENT)),
         "kd-masked": ("kdapp: KD student + a masked copy of each labelled review",
-                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
-                                augment_masked=1, augment_mask_prob=0.15, cache_teacher_logits=True,
-                                **COMMON, **KDAPP_STUDENT)),
+                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, augment_masked=1,
+                                augment_mask_prob=0.15, **COMMON, **KDAPP_STUDENT)),
         "nokd-masked": ("control: no-KD student + the same masked copies, with their reviews' labels",
                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, augment_masked=1,
                                   augment_mask_prob=0.15, **COMMON, **KDAPP_STUDENT)),
         "kd-transfer": ("kdapp: KD student + 2,000 unlabelled reviews",
-                        RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
-                                  transfer_data="rest", transfer_samples=2000, cache_teacher_logits=True,
-                                  **COMMON, **KDAPP_STUDENT)),
+                        RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, transfer_data="rest",
+                                  transfer_samples=2000, **COMMON, **KDAPP_STUDENT)),
         "kd-transfer-4k": ("kdapp: KD student + 4,000 unlabelled reviews",
-                           RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=0.5, temperature=2.0,
-                                     transfer_data="rest", transfer_samples=4000, cache_teacher_logits=True,
-                                     **COMMON, **KDAPP_STUDENT)),
+                           RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, transfer_data="rest",
+                                     transfer_samples=4000, **COMMON, **KDAPP_STUDENT)),
         "kd-transfer-masked": ("kdapp: KD student + 2,000 unlabelled reviews + a masked copy of each labelled review",
                                RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
                                          **COMMON, **KDAPP_STUDENT)),
@@ -82,7 +79,7 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                                                 hidden_loss="cosine", **COMMON, **KDAPP_STUDENT)),
         "kd-transfer-masked-3ep": ("kd-transfer-masked, 3 epochs",
                                    RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
-                                             **COMMON, **dict(KDAPP_STUDENT, num_train_epochs=3.0))),
+                                             **COMMON, **KDAPP_STUDENT_3EP)),
         "kd-transfer-masked-a0": ("kd-transfer-masked with alpha 0 (teacher's soft targets only, labels unused)",
                                   RunConfig(kind="distill", teacher=t_kdapp, **STUDENT,
                                             **dict(TRANSFER_MASKED, alpha=0.0), **COMMON, **KDAPP_STUDENT)),
@@ -91,7 +88,7 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                                             **dict(TRANSFER_MASKED, temperature=4.0), **COMMON, **KDAPP_STUDENT)),
         "nokd-3ep": ("control: no-KD student, 3 epochs",
                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, **COMMON,
-                               **dict(KDAPP_STUDENT, num_train_epochs=3.0))),
+                               **KDAPP_STUDENT_3EP)),
     }
 
 
@@ -158,7 +155,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"].endswith("teacher")}
 
-    lines = [f"Validation: {len(labels)} rows (seed split of {DATA}); 2,000 labelled training reviews; max_length 256.", "",
+    lines = [f"Validation: {len(labels)} rows (seed split of {DATA}); 2,000 labelled training reviews; "
+             "max_length 256.", "",
              "| run | what | accuracy | weighted F1 | ECE | % of teacher | train time | params |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -57,7 +57,7 @@ def shots(tmp_path_factory):
 
 def set_value(page, selector, value, enter=False, check=True):
     """Type a value and check it stuck: a field that mounts late (inside a just-opened accordion) can be reset to its
-    initial value by its first render on a loaded machine, after which the run would start with the default (seen in CI).
+    initial value by its first render on a loaded machine, and the run would start with the default (seen in CI).
     check=False for a multiselect, whose box empties once Enter has turned the text into a chip."""
     box = page.locator(f"{selector} input, {selector} textarea").first
     for _ in range(5):
@@ -100,8 +100,9 @@ def fill_tiny_teacher_form(page, app, max_steps):
     if not page.is_visible("#train_max_steps"):
         page.get_by_text("Advanced").first.click()
         page.wait_for_selector("#train_max_steps input", state="visible")
-    for selector, value in (("#train_max_steps", max_steps), ("#train_logging_steps", 1), ("#train_max_steps", max_steps)):
-        set_value(page, selector, value)  # max_steps checked again last: it decides the curve's length below
+    set_value(page, "#train_max_steps", max_steps)
+    set_value(page, "#train_logging_steps", 1)
+    set_value(page, "#train_max_steps", max_steps)  # checked again last: it decides the curve's length below
 
 
 def test_train_tiny_teacher_and_watch_the_curve_grow(page, app, shots):
