@@ -28,7 +28,7 @@ from .encoding import masked_views, tokenize_dataset, window_views
 from .evaluation import score
 from .metrics import trainer_metrics
 from .models import (check_same_tokenizer, count_parameters, load_model, load_pair, load_tokenizer,
-                     student_from_teacher)
+                     set_attention_dropout, student_from_teacher)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     splits = load_splits(cfg.data, cfg.test_data, cfg.max_train_samples, cfg.max_eval_samples)  # data errors first
     transformers.set_seed(cfg.seed)  # the fresh classifier head is initialised while loading
     model, tokenizer = load_pair(cfg.model)
+    if cfg.attention_dropout is not None:
+        set_attention_dropout(model, cfg.attention_dropout)
     max_length = _check_max_length(cfg, model)
     train_ds, eval_ds = (_tokenize(cfg, splits[s], tokenizer, max_length) for s in ("train", "validation"))
     args = _training_args(cfg, out, remove_unused_columns=True)
@@ -77,6 +79,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
     teacher, teacher_tok = load_pair(cfg.teacher)
     student, tokenizer, layer_map = _make_student(cfg, teacher, teacher_tok)
     check_same_tokenizer(teacher_tok, tokenizer)
+    if cfg.attention_dropout is not None:
+        set_attention_dropout(student, cfg.attention_dropout)
     max_length = _check_max_length(cfg, student, teacher)
     if cfg.hidden_loss != "none" and teacher.config.hidden_size != student.config.hidden_size:
         raise ValueError(f"hidden_loss needs equal widths; teacher hidden_size {teacher.config.hidden_size} != "

@@ -131,6 +131,16 @@ def test_distilled_student(teacher_run, student_dir, reviews_parquet, workdir):
     assert METRIC_KEYS <= set(info.metrics["validation"])
 
 
+def test_attention_dropout_reaches_the_student_and_its_saved_config(teacher_run, reviews_parquet, workdir):
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER, workdir / "ad0",
+                                         attention_dropout=0.0))
+    assert load_run_info(result.output_dir).run_config["attention_dropout"] == 0.0
+    saved = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
+    assert saved.config.attention_probs_dropout_prob == 0.0
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_run.output_dir)
+    assert teacher.config.attention_probs_dropout_prob > 0  # the teacher's own folder is left as it was
+
+
 def test_alpha_one_is_the_no_kd_student(teacher_run, student_dir, reviews_parquet, workdir):
     result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, student_dir, workdir / "nokd",
                                          alpha=1.0))

@@ -175,6 +175,13 @@ def password_box(ctx: AppContext, prefix: str) -> gr.Textbox:
                       info="this public app only starts training and benchmarks for its admin", max_lines=1)
 
 
+def as_float(value) -> float | None:
+    """A gr.Number value as float; None when the box is empty (the setting's own default)."""
+    if value is None or value == "":
+        return None
+    return float(value)
+
+
 def as_int(value, none_if_zero: bool = True) -> int | None:
     """A gr.Number value as int; None for empty (and for 0 when 0 means 'all')."""
     if value is None or value == "":

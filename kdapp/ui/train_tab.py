@@ -12,7 +12,7 @@ from ..jobs import Stage
 from ..checkpoints import INCOMPLETE, last_trainer_checkpoint, list_incomplete
 from ..train import distill_student, train_teacher
 from . import safety
-from .common import AppContext, Refresher, as_int, guarded, local_imdb, password_box, read_json
+from .common import AppContext, Refresher, as_float, as_int, guarded, local_imdb, password_box, read_json
 from .job_panel import attach_latest, build_config, build_job_panel, start_job
 
 TEACHER_MODELS = ["minilm", "bert-base-uncased", "distilbert-base-uncased"]
@@ -89,6 +89,9 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
             seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
             threads = gr.Number(default_threads(), label="CPU threads for training (empty = all)", precision=0,
                                 info="one core is left to predictions and benchmarks")
+            attention_dropout = gr.Number(None, label="Attention dropout (empty = the model's own, 0.1)",
+                                          info="0 keeps the fused attention kernel: faster training on CPU",
+                                          elem_id="train_attention_dropout")
     password = password_box(ctx, "train")
     with gr.Row():
         quick = gr.Button("Quick CPU run (preset)", elem_id="train_quick")
@@ -103,11 +106,12 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
             resume = gr.Button("Resume", elem_id="train_resume", scale=1)
 
     form = [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, wandb, truncation, eval_strategy,
-            run_name, max_steps, logging_steps, weight_decay, seed, threads]
+            run_name, max_steps, logging_steps, weight_decay, seed, threads, attention_dropout]
 
     def config_from_form(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                          batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
-                         max_steps, logging_steps, weight_decay, seed, num_threads) -> RunConfig:
+                         max_steps, logging_steps, weight_decay, seed, num_threads,
+                         attention_dropout=None) -> RunConfig:
         return build_config("teacher", ctx.root, model=ctx.model_name(model), data=data,
                             max_train_samples=as_int(max_train_samples), max_eval_samples=as_int(max_eval_samples),
                             num_train_epochs=float(num_train_epochs or 0), learning_rate=float(learning_rate or 0),
@@ -117,18 +121,19 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
                             eval_strategy=eval_strategy, run_name=(run_name or "").strip() or None,
                             max_steps=as_int(max_steps) or -1, logging_steps=as_int(logging_steps, False) or 0,
                             weight_decay=float(weight_decay or 0), seed=as_int(seed, False) or 0,
-                            num_threads=as_int(num_threads))
+                            num_threads=as_int(num_threads), attention_dropout=as_float(attention_dropout))
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_teacher(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                       batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
-                      max_steps, logging_steps, weight_decay, seed, num_threads, upload=None, password=""):
+                      max_steps, logging_steps, weight_decay, seed, num_threads, attention_dropout=None, upload=None,
+                      password=""):
         """Start fine-tuning a teacher in the background; returns (job id, status, timer)."""
         ctx.unlock(password)
         data = safety.check_upload(upload) or ctx.data_name(data, data_choices())
         cfg = config_from_form(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                                batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
-                               max_steps, logging_steps, weight_decay, seed, num_threads)
+                               max_steps, logging_steps, weight_decay, seed, num_threads, attention_dropout)
         return start_job(ctx, "teacher", f"teacher {cfg.run_name}", [Stage("teacher", train_teacher, cfg)])
 
     @guarded(lambda msg: (*[gr.skip()] * 9, f"Preset filled; no estimate: {msg}"), ctx)
