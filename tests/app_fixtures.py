@@ -7,6 +7,19 @@ from kdapp.checkpoints import save_run
 from kdapp.metrics import classification_metrics
 
 
+def handler(demo, api_name):
+    """The Python function behind an event (handler-level tests need no server)."""
+    return next(f.fn for f in demo.fns.values() if f.api_name == api_name)
+
+
+def teacher_form(model, data, **kw):
+    """start_teacher's arguments, in order, for a tiny run."""
+    values = dict(model=str(model), data=str(data), max_train_samples=0, max_eval_samples=16, num_train_epochs=1,
+                  learning_rate=1e-3, batch_size=8, max_length=16, warmup_steps=0, use_wandb=False, truncation="head",
+                  eval_strategy="no", run_name="", max_steps=4, logging_steps=1, weight_decay=0, seed=42, num_threads=1)
+    return values | kw
+
+
 def make_runs(root, tokenizer, data, tiny_bert) -> dict:
     """Three whole runs (tiny random models, plausible metrics): teacher, kd and nokd students of that teacher."""
     rng = np.random.default_rng(0)

@@ -101,3 +101,13 @@ def in_tmp_cwd(tmp_path, monkeypatch):
     """Run inside an empty folder so checkpoints/ and wandb/ land in tmp_path."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tokenizer, reviews_parquet):
+    """(checkpoints root, {'teacher', 'kd', ...: run folder}): tiny finished runs for the app's tests, per module."""
+    from app_fixtures import make_runs
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    return root, make_runs(root, tokenizer, reviews_parquet, tiny_bert)
+

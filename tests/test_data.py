@@ -1,5 +1,4 @@
 """Data: every source gives the same rows and the seed's split; every bad input gets a clear message. Encoding."""
-import json
 import time
 
 import pandas as pd

@@ -7,8 +7,8 @@ import urllib.request
 import pytest
 from transformers import BertTokenizerFast, TrainerCallback
 
-from app_fixtures import launch, make_runs
-from conftest import VOCAB, make_reviews, tiny_bert, tiny_distilbert
+from app_fixtures import handler, launch, teacher_form
+from conftest import VOCAB, make_reviews, tiny_distilbert
 from kdapp.checkpoints import list_incomplete
 from kdapp.config import RunConfig
 from kdapp.jobs import JobRegistry
@@ -16,17 +16,10 @@ from kdapp.train import train_teacher
 from kdapp.ui import build_app
 from kdapp.ui.job_panel import describe
 from kdapp.ui.train_tab import incomplete_choices
-from test_ui import handler, teacher_form
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request is a UserWarning
 PASSWORD = "correct horse battery staple"
 FROM_TEACHER_LABEL = "made from the teacher (every other layer)"
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, tokenizer, reviews_parquet):
-    root = tmp_path_factory.mktemp("checkpoints")
-    return root, make_runs(root, tokenizer, reviews_parquet, tiny_bert)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +143,7 @@ def test_a_good_upload_is_trained_on(runs, tmp_path, teacher_dir):
     (dict(batch_size=0), "per_device_train_batch_size must be > 0, got 0"),
     (dict(max_length=2), "max_length must be in [8, 8192], got 2"),
     (dict(max_length=128), "max_length 128 is beyond the model's limit of 64 positions"),
+    (dict(attention_dropout=1), "attention_dropout must be in [0, 1), got 1.0"),
 ])
 def test_bad_teacher_settings(demo, runs, teacher_dir, reviews_parquet, form, message):
     job_id, status, _ = handler(demo, "start_teacher")(**teacher_form(teacher_dir, reviews_parquet, **form))
@@ -163,6 +157,7 @@ def test_bad_teacher_settings(demo, runs, teacher_dir, reviews_parquet, form, me
     (dict(alpha=1.2), "alpha must be in [0, 1], got 1.2"),
     (dict(temperature=0), "temperature must be > 0, got 0.0"),
     (dict(temperature=-3), "temperature must be > 0, got -3.0"),
+    (dict(attention_dropout=-0.5), "attention_dropout must be in [0, 1), got -0.5"),
 ])
 def test_bad_distill_settings(demo, runs, reviews_parquet, form, message):
     _, status, _ = start_distill(demo, runs[1]["teacher"], reviews_parquet, **form)

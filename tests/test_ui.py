@@ -5,8 +5,7 @@ import time
 
 import pytest
 
-from app_fixtures import launch, make_runs
-from conftest import tiny_bert
+from app_fixtures import handler, launch, teacher_form
 from kdapp import RunConfig, plots
 from kdapp.jobs import JobRegistry, Stage
 from kdapp.train import RunResult
@@ -18,28 +17,9 @@ from kdapp.ui.train_tab import quick_preset
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request is a UserWarning
 
 
-def handler(demo, api_name):
-    """The Python function behind an event (handler-level tests need no server)."""
-    return next(f.fn for f in demo.fns.values() if f.api_name == api_name)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, tokenizer, reviews_parquet):
-    root = tmp_path_factory.mktemp("checkpoints")
-    return root, make_runs(root, tokenizer, reviews_parquet, tiny_bert)
-
-
 @pytest.fixture(scope="module")
 def demo(runs):
     return build_app(JobRegistry(), runs[0])
-
-
-def teacher_form(model, data, **kw):
-    """start_teacher's arguments, in order, for a tiny run."""
-    values = dict(model=str(model), data=str(data), max_train_samples=0, max_eval_samples=16, num_train_epochs=1,
-                  learning_rate=1e-3, batch_size=8, max_length=16, warmup_steps=0, use_wandb=False, truncation="head",
-                  eval_strategy="no", run_name="", max_steps=4, logging_steps=1, weight_decay=0, seed=42, num_threads=1)
-    return values | kw
 
 
 # ---------------------------------------------------------------- handlers

@@ -19,7 +19,7 @@ from .common import AppContext, Refresher
 from .compare_tab import build_compare_tab
 from .distill_tab import build_distill_tab
 from .results_tab import build_results_tab
-from .safety import launch_kwargs, queue_app
+from .safety import launch_kwargs, queue_app  # noqa: F401  (re-exported for app.py)
 from .train_tab import build_train_tab
 
 TITLE = "kdapp: knowledge distillation for IMDb sentiment"
@@ -36,7 +36,7 @@ def build_app(registry: JobRegistry | None = None, checkpoints_root: str | Path 
         gr.Markdown(INTRO)
         runs_version = gr.Number(ctx.registry.generation, visible="hidden", elem_id="runs_version")
         with gr.Tabs():
-            with gr.Tab("Train teacher", id="train") as train_tab:
+            with gr.Tab("Train teacher", id="train"):
                 _, train_attach = build_train_tab(ctx, runs_version)
             with gr.Tab("Distill student", id="distill") as distill_tab:
                 _, distill_refresh, distill_attach = build_distill_tab(ctx, runs_version)
