@@ -57,8 +57,8 @@ class RunConfig:
     mixed_precision: str = _f("auto", "auto (bf16/fp16 on a GPU, fp32 on CPU), no, fp16 or bf16.")
     attention_dropout: float | None = _f(None, "Dropout on the attention probabilities of the model being trained "
                                                "(default: the model's own, 0.1 for BERT and DistilBERT). 0 keeps "
-                                               "PyTorch's fused attention kernel on CPU: a KD step about 1.3x faster "
-                                               "(README, Speed).")
+                                               "PyTorch's fused attention kernel on CPU: faster steps, but a recipe "
+                                               "change (README: Speed, and its accuracy).")
     # distillation
     alpha: float = _f(0.5, "Weight on CE(y, s); (1 - alpha) goes to T^2 * KL. alpha=1 is the no-KD student.",
                       kinds="distill")

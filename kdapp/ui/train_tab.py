@@ -90,7 +90,8 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
             threads = gr.Number(default_threads(), label="CPU threads for training (empty = all)", precision=0,
                                 info="one core is left to predictions and benchmarks")
             attention_dropout = gr.Number(None, label="Attention dropout (empty = the model's own, 0.1)",
-                                          info="0 keeps the fused attention kernel: faster training on CPU",
+                                          info="0 keeps the fused attention kernel: faster on CPU, but a "
+                                               "recipe change (README)",
                                           elem_id="train_attention_dropout")
     password = password_box(ctx, "train")
     with gr.Row():
