@@ -89,6 +89,22 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "nokd-3ep": ("control: no-KD student, 3 epochs",
                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, **COMMON,
                                **KDAPP_STUDENT_3EP)),
+        # attention-probability dropout off: the fused attention kernel on CPU (benchmarks/speed.py); same recipes
+        "nokd-ad0": ("control: no-KD student, attention dropout 0",
+                     RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, attention_dropout=0.0,
+                               **COMMON, **KDAPP_STUDENT)),
+        "kd-ad0": ("kdapp: KD student, labelled reviews only, attention dropout 0",
+                   RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, attention_dropout=0.0,
+                             **COMMON, **KDAPP_STUDENT)),
+        "kd-transfer-masked-ad0": ("kd-transfer-masked, attention dropout 0",
+                                   RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
+                                             attention_dropout=0.0, **COMMON, **KDAPP_STUDENT)),
+        "nokd-ad2": ("control: no-KD student, attention dropout 0.2",
+                     RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, attention_dropout=0.2,
+                               **COMMON, **KDAPP_STUDENT)),
+        "kd-transfer-masked-ad2": ("kd-transfer-masked, attention dropout 0.2 (the other direction)",
+                                   RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
+                                             attention_dropout=0.2, **COMMON, **KDAPP_STUDENT)),
     }
 
 
@@ -151,7 +167,11 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-masked", "nokd-masked"), ("kd-transfer", "nokd"), ("kd-transfer-4k", "nokd"),
              ("kd-transfer-masked", "nokd"), ("kd-transfer-masked-hidden", "nokd"),
              ("kd-transfer-masked-a0", "nokd"), ("kd-transfer-masked-t4", "nokd"),
-             ("kd-transfer-masked-3ep", "nokd"), ("kd-transfer-masked-3ep", "nokd-3ep"), ("nokd-3ep", "nokd")]
+             ("kd-transfer-masked-3ep", "nokd"), ("kd-transfer-masked-3ep", "nokd-3ep"), ("nokd-3ep", "nokd"),
+             ("nokd-ad0", "nokd"), ("kd-ad0", "kd"), ("kd-transfer-masked-ad0", "kd-transfer-masked"),
+             ("kd-ad0", "nokd-ad0"), ("kd-transfer-masked-ad0", "nokd-ad0"), ("kd-transfer-masked-ad0", "nokd"),
+             ("nokd-ad2", "nokd"), ("kd-transfer-masked-ad2", "kd-transfer-masked"),
+             ("kd-transfer-masked-ad2", "nokd-ad2"), ("kd-transfer-masked-ad2", "nokd")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"].endswith("teacher")}
 
