@@ -110,4 +110,3 @@ def runs(tmp_path_factory, tokenizer, reviews_parquet):
 
     root = tmp_path_factory.mktemp("checkpoints")
     return root, make_runs(root, tokenizer, reviews_parquet, tiny_bert)
-

@@ -199,28 +199,19 @@ def test_student_saves_and_reloads(tmp_path, tiny_teacher, tokenizer):
 
 # ---------------------------------------------------------------- attention dropout
 @pytest.mark.parametrize("make, key", [(tiny_bert, "attention_probs_dropout_prob"), (tiny_distilbert, "attention_dropout")])
-def test_attention_dropout_off_makes_attention_deterministic_in_training(make, key):
-    """p = 0 on the attention probabilities only: hidden dropout stays, the config records the new value."""
-    model = make(layers=2)
-    torch.manual_seed(0)
-    model.config.update({"hidden_dropout_prob": 0.0, "dropout": 0.0, "seq_classif_dropout": 0.0})
-    for m in model.modules():  # hidden dropout off too, so that only attention dropout could make runs differ
+def test_attention_dropout_is_set_on_every_layer_and_in_the_config(make, key):
+    """With every other dropout off, p > 0 makes two training forwards differ and p = 0 makes them equal."""
+    model = make(layers=2).train()
+    for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    _set_all_attention_dropout(model, 0.5)
-    model.train()
     ids = torch.randint(5, len(VOCAB), (2, 12))
-    a, b = model(input_ids=ids).logits, model(input_ids=ids).logits
-    assert not torch.allclose(a, b)  # attention dropout at 0.5 is active in training
+    torch.manual_seed(0)
+    assert set_attention_dropout(model, 0.5) == 2
+    assert not torch.allclose(model(input_ids=ids).logits, model(input_ids=ids).logits)
     assert set_attention_dropout(model, 0.0) == 2
     assert model.config.to_dict()[key] == 0.0
     assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
-
-
-def _set_all_attention_dropout(model, p):
-    for m in model.modules():
-        if type(m).__name__.endswith("SelfAttention"):
-            m.dropout.p = p
 
 
 def test_attention_dropout_on_a_model_without_self_attention_is_refused():
