@@ -105,6 +105,14 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "kd-transfer-masked-ad2": ("kd-transfer-masked, attention dropout 0.2 (the other direction)",
                                    RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
                                              attention_dropout=0.2, **COMMON, **KDAPP_STUDENT)),
+        # the teacher labels the cache from 512 tokens of each review (head+tail 128 + 382); the student reads 256
+        "kd-transfer-masked-t512": ("kd-transfer-masked, the teacher's soft targets from 512 tokens (student: 256)",
+                                    RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
+                                              teacher_max_length=512, **COMMON, **KDAPP_STUDENT)),
+        # the faster CPU teacher of benchmarks/speed.py: what its int8 soft targets do to the student
+        "kd-transfer-masked-tint8": ("kd-transfer-masked, teacher in int8 (dynamic quantization)",
+                                     RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
+                                               teacher_precision="int8", **COMMON, **KDAPP_STUDENT)),
     }
 
 
@@ -171,7 +179,9 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("nokd-ad0", "nokd"), ("kd-ad0", "kd"), ("kd-transfer-masked-ad0", "kd-transfer-masked"),
              ("kd-ad0", "nokd-ad0"), ("kd-transfer-masked-ad0", "nokd-ad0"), ("kd-transfer-masked-ad0", "nokd"),
              ("nokd-ad2", "nokd"), ("kd-transfer-masked-ad2", "kd-transfer-masked"),
-             ("kd-transfer-masked-ad2", "nokd-ad2"), ("kd-transfer-masked-ad2", "nokd")]
+             ("kd-transfer-masked-ad2", "nokd-ad2"), ("kd-transfer-masked-ad2", "nokd"),
+             ("kd-transfer-masked-t512", "nokd"), ("kd-transfer-masked-t512", "kd-transfer-masked"),
+             ("kd-transfer-masked-tint8", "nokd"), ("kd-transfer-masked-tint8", "kd-transfer-masked")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"].endswith("teacher")}
 

@@ -41,10 +41,14 @@ def row_keys(ids: list[list[int]]) -> np.ndarray:
 
 
 def teacher_logits(teacher, ids: list[list[int]], pad_id: int, batch_size: int = 64,
-                   cache_dir: Path | None = CACHE_DIR) -> tuple[torch.Tensor, bool]:
-    """(N, num_labels) float32 logits for `ids` in order, and whether every row came from the on-disk cache."""
+                   cache_dir: Path | None = CACHE_DIR, fingerprint: str | None = None) -> tuple[torch.Tensor, bool]:
+    """(N, num_labels) float32 logits for `ids` in order, and whether every row came from the on-disk cache.
+
+    fingerprint names the cache file (default: a hash of the teacher's weights); pass one for a teacher whose
+    state dict is not plain tensors (a quantized copy: its fp32 weights' hash plus the precision)."""
     keys = row_keys(ids)
-    path = Path(cache_dir) / f"{teacher_fingerprint(teacher)}.safetensors" if cache_dir else None
+    fingerprint = fingerprint or teacher_fingerprint(teacher)
+    path = Path(cache_dir) / f"{fingerprint}.safetensors" if cache_dir else None
     known: dict[bytes, torch.Tensor] = {}
     stored_keys, stored_logits = np.zeros((0, 16), np.uint8), None
     if path is not None and path.is_file():

@@ -19,13 +19,14 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from transformers.trainer_utils import TrainOutput
 
 from . import tracking
-from .cache import teacher_logits
+from .cache import teacher_fingerprint, teacher_logits
 from .checkpoints import last_trainer_checkpoint, save_run, work_dir, write_json
 from .config import FROM_TEACHER, RunConfig
 from .data import load_splits, load_transfer_texts
 from .distill import IGNORE, DistillationTrainer
 from .encoding import masked_views, tokenize_dataset, window_views
 from .evaluation import score
+from .inference import prepare_model
 from .metrics import trainer_metrics
 from .models import (check_same_tokenizer, count_parameters, load_model, load_pair, load_tokenizer,
                      set_attention_dropout, student_from_teacher)
@@ -82,6 +83,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
     if cfg.attention_dropout is not None:
         set_attention_dropout(student, cfg.attention_dropout)
     max_length = _check_max_length(cfg, student, teacher)
+    teacher_length = _check_teacher_length(cfg, teacher)
     if cfg.hidden_loss != "none" and teacher.config.hidden_size != student.config.hidden_size:
         raise ValueError(f"hidden_loss needs equal widths; teacher hidden_size {teacher.config.hidden_size} != "
                          f"student {student.config.hidden_size}. Use --hidden_loss none or a student from the teacher.")
@@ -117,11 +119,22 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
     eval_ds = _tokenize(cfg, splits["validation"], tokenizer, max_length)
 
     use_cuda = torch.cuda.is_available()
+    fingerprint, teacher_params = None, count_parameters(teacher)
+    if cfg.alpha < 1.0 and cfg.teacher_precision == "int8":  # CPU: dynamic int8 (README: Speed)
+        if use_cuda:
+            raise ValueError("teacher_precision int8 is for CPU runs; on a GPU the teacher runs in half precision "
+                             "(teacher_precision auto)")
+        fingerprint = f"{teacher_fingerprint(teacher)}-int8"  # the cache never mixes int8 and fp32 logits
+        teacher = prepare_model(teacher, "int8", "cpu")
     cache, cache_hit = None, False
     if cfg.cache_teacher_logits and cfg.alpha < 1.0:
         teacher.to("cuda" if use_cuda else "cpu")
-        cache, cache_hit = teacher_logits(teacher, train_ds["input_ids"], tokenizer.pad_token_id or 0,
-                                          cfg.per_device_eval_batch_size)
+        teacher_ids = train_ds["input_ids"]
+        if teacher_length != max_length:  # the teacher reads longer inputs of the same reviews; views stay as made
+            teacher_ids = (list(_tokenize(cfg, train_rows, tokenizer, teacher_length)["input_ids"])
+                           + list(teacher_ids[len(train_rows):]))
+        cache, cache_hit = teacher_logits(teacher, teacher_ids, tokenizer.pad_token_id or 0,
+                                          cfg.per_device_eval_batch_size, fingerprint=fingerprint)
         if cfg.hidden_loss == "none":  # the cache replaces the teacher during training: free its memory
             teacher.to("cpu")
     args = _training_args(cfg, out, remove_unused_columns=False)
@@ -130,12 +143,14 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=trainer_metrics, callbacks=callbacks,
         teacher=teacher, alpha=cfg.alpha, temperature=cfg.temperature, hidden_loss=cfg.hidden_loss,
         hidden_loss_weight=cfg.hidden_loss_weight, logit_cache=cache,
-        teacher_dtype=_half_dtype(args) if use_cuda else None)  # teacher in half precision on a GPU
+        teacher_dtype=_half_dtype(args) if use_cuda and cfg.teacher_precision == "auto" else None)
     meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows, "transfer_rows": transfer_rows,
             "augment_rows": augment_rows, "augment_targets": "labels" if cfg.alpha == 1.0 else "teacher",
             "student_layer_map": layer_map, "teacher_logits_cached": cache is not None,
             "teacher_logits_cache_hit": cache_hit, "max_length_effective": max_length,
-            "teacher_params": count_parameters(teacher)}
+            "teacher_max_length_effective": teacher_length if cfg.alpha < 1.0 else None,
+            "teacher_precision_effective": _teacher_precision(cfg, use_cuda),
+            "teacher_params": teacher_params}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
 
 
@@ -182,8 +197,26 @@ def _check_max_length(cfg: RunConfig, *models) -> int:
     return cfg.max_length
 
 
+def _check_teacher_length(cfg: RunConfig, teacher) -> int:
+    length = cfg.teacher_max_length or cfg.max_length
+    limit = getattr(teacher.config, "max_position_embeddings", length)
+    if length > limit:
+        raise ValueError(f"teacher_max_length {length} is beyond the teacher's limit of {limit} positions; "
+                         f"use --teacher_max_length {limit} or less")
+    return length
+
+
+def _teacher_precision(cfg: RunConfig, use_cuda: bool) -> str | None:
+    """What the teacher actually ran in (None: no teacher, the no-KD student)."""
+    if cfg.alpha == 1.0:
+        return None
+    if cfg.teacher_precision == "auto":
+        return "half" if use_cuda else "fp32"
+    return cfg.teacher_precision
+
+
 def _tokenize(cfg: RunConfig, ds, tokenizer, max_length: int):
-    return tokenize_dataset(ds, tokenizer, max_length, cfg.truncation, cfg.resolved_head_tokens())
+    return tokenize_dataset(ds, tokenizer, max_length, cfg.truncation, cfg.resolved_head_tokens(max_length))
 
 
 def _set_threads(n: int | None) -> None:

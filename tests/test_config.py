@@ -21,7 +21,7 @@ def test_defaults_are_the_seeds_recipe():
     ("per_device_train_batch_size", 0), ("max_length", 4), ("warmup_steps", 2.5), ("truncation", "middle"),
     ("hidden_loss", "l1"), ("mixed_precision", "fp8"), ("eval_strategy", "sometimes"), ("report_to", "tensorboard"),
     ("max_train_samples", 0), ("max_eval_samples", -3), ("student_layers", 0), ("save_steps", 0),
-    ("attention_dropout", 1.0), ("attention_dropout", -0.1),
+    ("attention_dropout", 1.0), ("attention_dropout", -0.1), ("teacher_max_length", 4), ("teacher_precision", "int4"),
 ])
 def test_bad_values_are_refused_with_the_field_name(field, value):
     with pytest.raises(ValueError, match=field):
@@ -94,3 +94,19 @@ def test_cli_fields_per_subcommand():
     assert {"teacher", "student", "alpha", "temperature", "data", "output_dir"} <= distill
     assert "model" not in distill and "kind" not in teacher | distill
     assert all(f.metadata["help"] for f in cli_fields("distill"))
+
+
+def test_teacher_max_length_needs_the_logit_cache():
+    kd = dict(kind="distill", teacher="t", max_length=256)
+    with pytest.raises(ValueError, match="teacher_max_length .* needs alpha < 1, cache_teacher_logits"):
+        RunConfig(**kd, teacher_max_length=512)
+    with pytest.raises(ValueError, match="hidden_loss none"):
+        RunConfig(**kd, teacher_max_length=512, cache_teacher_logits=True, hidden_loss="cosine")
+    assert RunConfig(**kd, teacher_max_length=512, cache_teacher_logits=True).teacher_max_length == 512
+    assert RunConfig(**kd, teacher_max_length=256).teacher_max_length == 256  # the same length needs nothing
+
+
+def test_head_tokens_scale_with_the_length_asked_for():
+    assert RunConfig(max_length=256).resolved_head_tokens() == 64
+    assert RunConfig(max_length=256).resolved_head_tokens(512) == 128  # Sun et al.'s 128 + 382
+    assert RunConfig(max_length=256, head_tokens=200).resolved_head_tokens(64) == 62  # at most what fits

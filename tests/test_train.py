@@ -6,9 +6,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
+from kdapp.cache import row_keys, teacher_fingerprint
 from kdapp.checkpoints import INCOMPLETE, is_complete, last_trainer_checkpoint, load_run_info
 from kdapp.config import FROM_TEACHER, RunConfig
-from kdapp.models import ModelError
+from kdapp.data import load_splits
+from kdapp.encoding import encode
+from kdapp.inference import logits_from_ids, prepare_model
+from kdapp.models import ModelError, load_pair
 from kdapp.train import distill_student, train_teacher
 
 FAST = dict(max_length=32, max_steps=3, per_device_train_batch_size=8, per_device_eval_batch_size=32,
@@ -179,6 +183,59 @@ def test_cached_teacher_logits(teacher_run, student_dir, reviews_parquet, workdi
     assert json.loads((second.output_dir / "run_config.json").read_text())["meta"]["teacher_logits_cache_hit"]
     # the same seed, data and soft targets: the cached run trains exactly like the first one
     assert second.metrics["train_loss"] == pytest.approx(first.metrics["train_loss"], abs=1e-6)
+
+
+def _only_cache_file(cwd) -> tuple[str, dict]:
+    (path,) = (cwd / "checkpoints" / ".cache" / "logits").glob("*.safetensors")
+    stored = load_file(path)
+    return path.stem, dict(zip((k.tobytes() for k in stored["keys"].numpy()), stored["logits"]))
+
+
+def test_teacher_max_length_labels_the_cache_from_longer_inputs(teacher_run, reviews_parquet, workdir, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty logit cache: it will hold exactly the rows this run's teacher labelled
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER, workdir / "tlen",
+                                         max_length=16, teacher_max_length=32, cache_teacher_logits=True))
+    assert result.status == "done", result.message
+    run_config = json.loads((result.output_dir / "run_config.json").read_text())
+    assert run_config["teacher_max_length"] == 32 and run_config["meta"]["teacher_max_length_effective"] == 32
+    teacher, tok = load_pair(str(teacher_run.output_dir))
+    texts = load_splits(str(reviews_parquet), None, 48)["train"]["text"]
+    long_ids, short_ids = encode(tok, texts, 32), encode(tok, texts, 16)
+    assert sum(a != b for a, b in zip(long_ids, short_ids)) > 10  # many reviews are longer than the student reads
+    _, stored = _only_cache_file(tmp_path)
+    keys = [k.tobytes() for k in row_keys(long_ids)]
+    assert set(stored) == set(keys)
+    expected = logits_from_ids(teacher, long_ids, tok.pad_token_id)
+    assert torch.allclose(torch.stack([stored[k] for k in keys]), torch.from_numpy(expected), atol=1e-5)
+
+
+def test_int8_teacher_fills_its_own_cache_with_its_own_logits(teacher_run, reviews_parquet, workdir, tmp_path,
+                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER, workdir / "tint8",
+                                         teacher_precision="int8", cache_teacher_logits=True))
+    assert result.status == "done", result.message
+    assert json.loads((result.output_dir / "run_config.json").read_text())["meta"][
+        "teacher_precision_effective"] == "int8"
+    teacher, tok = load_pair(str(teacher_run.output_dir))
+    name, stored = _only_cache_file(tmp_path)
+    assert name == f"{teacher_fingerprint(teacher)}-int8"  # never mixed with the fp32 teacher's cache
+    ids = encode(tok, load_splits(str(reviews_parquet), None, 48)["train"]["text"], 32)
+    got = torch.stack([stored[k.tobytes()] for k in row_keys(ids)])
+    # dynamic int8 quantizes activations per batch: batched as the run batched them (per_device_eval_batch_size)
+    int8 = torch.from_numpy(logits_from_ids(prepare_model(teacher, "int8", "cpu"), ids, tok.pad_token_id, 32))
+    fp32 = torch.from_numpy(logits_from_ids(teacher, ids, tok.pad_token_id))
+    assert torch.allclose(got, int8, atol=1e-5) and not torch.allclose(got, fp32, atol=1e-5)
+
+
+def test_int8_teacher_on_the_fly(teacher_run, student_dir, reviews_parquet, workdir):
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, student_dir, workdir / "tint8-fly",
+                                         teacher_precision="int8"))
+    assert result.status == "done", result.message
+    meta = json.loads((result.output_dir / "run_config.json").read_text())["meta"]
+    assert meta["teacher_precision_effective"] == "int8" and meta["teacher_logits_cached"] is False
+    assert meta["teacher_params"] > 0 and all(h["loss_kd"] > 0 for h in result.log_history if "loss" in h)
 
 
 def test_student_with_another_vocabulary_is_refused(teacher_run, reviews_parquet, workdir, tmp_path):

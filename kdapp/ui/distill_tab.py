@@ -105,6 +105,13 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                                           info="0 keeps the fused attention kernel: faster on CPU, but a "
                                                "recipe change (README)",
                                           elem_id="distill_attention_dropout")
+            teacher_max_length = gr.Number(None, precision=0, elem_id="distill_teacher_max_length",
+                                           label="Teacher max length (empty = Max length)",
+                                           info="the teacher labels the cache from longer inputs than the student "
+                                                "reads (needs the logit cache)")
+            teacher_precision = gr.Radio(["auto", "fp32", "int8"], value=DEFAULTS.teacher_precision,
+                                         label="Teacher precision", elem_id="distill_teacher_precision",
+                                         info="auto: half on a GPU, fp32 on CPU; int8: faster CPU teacher")
             run_name = gr.Textbox("", label="Run name (empty = automatic)")
     password = password_box(ctx, "distill")
     with gr.Row():
@@ -117,14 +124,15 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
     form = [teacher, student_source, student, student_layers, data, max_train, max_eval, epochs, lr, batch,
             max_length, warmup, alpha, temperature, also_nokd, wandb, truncation, transfer_data, transfer_samples,
             hidden_loss, hidden_loss_weight, cache_logits, augment, augment_masked, max_steps, logging_steps,
-            eval_strategy, seed, threads, run_name, attention_dropout]
+            eval_strategy, seed, threads, run_name, attention_dropout, teacher_max_length, teacher_precision]
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
                       num_train_epochs, learning_rate, batch_size, max_length, warmup_steps, alpha, temperature,
                       also_nokd, use_wandb, truncation, transfer_data, transfer_samples, hidden_loss,
                       hidden_loss_weight, cache_teacher_logits, augment_windows, augment_masked, max_steps,
-                      logging_steps, eval_strategy, seed, num_threads, run_name, attention_dropout=None, password=""):
+                      logging_steps, eval_strategy, seed, num_threads, run_name, attention_dropout=None,
+                      teacher_max_length=None, teacher_precision="auto", password=""):
         """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
         ctx.unlock(password)
         from_teacher = student_source != OTHER_LABEL
@@ -144,14 +152,15 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             augment_windows=as_int(augment_windows) or 0, augment_masked=as_int(augment_masked) or 0,
             max_steps=as_int(max_steps) or -1, logging_steps=as_int(logging_steps, False) or 0,
             eval_strategy=eval_strategy, seed=as_int(seed, False) or 0, num_threads=as_int(num_threads),
-            run_name=(run_name or "").strip() or None, attention_dropout=as_float(attention_dropout))
+            run_name=(run_name or "").strip() or None, attention_dropout=as_float(attention_dropout),
+            teacher_max_length=as_int(teacher_max_length), teacher_precision=teacher_precision or "auto")
         cfg = build_config("distill", ctx.root, **values)
         stages = [Stage("KD student" if cfg.alpha < 1 else "no-KD student", distill_student, cfg)]
         if also_nokd and cfg.alpha < 1:
             nokd_name = f"{values['run_name']}-nokd" if values["run_name"] else None
             nokd = build_config("distill", ctx.root, **(values | dict(
                 alpha=1.0, transfer_data=None, transfer_samples=None, hidden_loss="none", augment_windows=0, augment_masked=0,
-                cache_teacher_logits=False, run_name=nokd_name)))
+                cache_teacher_logits=False, teacher_max_length=None, teacher_precision="auto", run_name=nokd_name)))
             stages.append(Stage("no-KD student", distill_student, nokd))
         title = " + ".join(f"{s.label} {s.cfg.run_name}" for s in stages)
         return start_job(ctx, "distill", title, stages, extra_nokd=len(stages) > 1)
