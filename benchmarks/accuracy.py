@@ -152,6 +152,31 @@ def validation_logits(folder: Path, texts, labels, cfg: RunConfig) -> np.ndarray
     return logits
 
 
+def int8_teacher_fidelity(temperature: float = 2.0) -> dict | None:
+    """The int8 teacher's soft targets against the fp32 teacher's, on the training rows both logit caches hold."""
+    from safetensors.torch import load_file
+
+    from kdapp.cache import CACHE_DIR, teacher_fingerprint
+    from kdapp.metrics import softmax
+    from kdapp.models import load_model
+
+    if not is_complete(ROOT / "teacher"):
+        return None
+    fingerprint = teacher_fingerprint(load_model(str(ROOT / "teacher")))
+    files = [CACHE_DIR / f"{fingerprint}{suffix}.safetensors" for suffix in ("", "-int8")]
+    if not all(f.is_file() for f in files):
+        return None
+    fp32, int8 = ({k.tobytes(): v for k, v in zip(d["keys"].numpy(), d["logits"].numpy())}
+                  for d in map(load_file, map(str, files)))
+    shared = [k for k in int8 if k in fp32]
+    a, b = np.stack([fp32[k] for k in shared]), np.stack([int8[k] for k in shared])
+    pa, pb = softmax(a, temperature), softmax(b, temperature)
+    diff = np.abs(pa - pb)[:, 1]
+    return {"rows": len(shared), "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).mean()),
+            "mean_abs_soft_target_diff": float(diff.mean()), "max_abs_soft_target_diff": float(diff.max()),
+            "temperature": temperature}
+
+
 def report(names: list[str], table: dict, out: Path) -> None:
     val = load_splits(DATA)["validation"]
     labels = np.asarray(val["label"])
@@ -198,11 +223,18 @@ def report(names: list[str], table: dict, out: Path) -> None:
     for k, d in diffs.items():
         lines.append(f"- {k}: {100 * d['diff']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
                      f"({d['a_only']} rows right only in the first, {d['b_only']} only in the second)")
+    fidelity = int8_teacher_fidelity()
+    if fidelity:
+        lines += ["", f"Soft targets of the int8 teacher (kd-transfer-masked-tint8) vs the fp32 teacher on the "
+                      f"{fidelity['rows']:,} training rows both logit caches hold: same argmax on "
+                      f"{100 * fidelity['argmax_agreement']:.2f} %, P(positive) at T = {fidelity['temperature']:g} "
+                      f"off by {fidelity['mean_abs_soft_target_diff']:.4f} on average "
+                      f"(at most {fidelity['max_abs_soft_target_diff']:.4f})."]
     text = "\n".join(lines)
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "paired": diffs,
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "paired": diffs, "int8_teacher": fidelity,
                                                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
 
 

@@ -48,6 +48,15 @@ RECIPE = dict(per_device_train_batch_size=16, learning_rate=1e-4, alpha=0.5, tem
 # the recipe, so the like-for-like ratio is kdapp_1ep_attn_dropout (the model's 0.1, as in the baseline); what the
 # change costs in accuracy is measured by benchmarks/accuracy.py (kd-ad0, nokd-ad0, kd-transfer-masked-ad0).
 KDAPP_TRAINING = dict(attention_dropout=0.0)
+# kdapp's KD runs: name -> (epochs, logit cache, RunConfig overrides, what it is)
+KD_RUNS = {
+    "kdapp_1ep": (1, False, {}, "attention dropout 0"),
+    "kdapp_2ep_nocache": (2, False, {}, "attention dropout 0, teacher on the fly"),
+    "kdapp_2ep_cache": (2, True, {}, "attention dropout 0, teacher logits cached"),
+    "kdapp_1ep_attn_dropout": (1, False, dict(attention_dropout=None), "the model's own attention dropout, 0.1"),
+    "kdapp_1ep_int8_teacher": (1, False, dict(attention_dropout=None, teacher_precision="int8"),
+                               "the model's own attention dropout, teacher in dynamic int8"),
+}
 TARGETS = {"train_1ep": 1.5, "cache_2ep": 1.4, "infer_fp32": 1.2, "infer_fastest": 2.5, "arch": 1.9}
 
 
@@ -210,6 +219,7 @@ def kd_run(args, teacher: str, work: Path, name: str, epochs: float, cache: bool
     return {"wall_s": round(wall, 2), "train_runtime_s": m["train_runtime_s"],
             "train_samples_per_second": m["train_samples_per_second"], "cache_s": round(spent["cache_s"], 2),
             "epochs": epochs, "cached": cache, "attention_dropout": cfg.attention_dropout,
+            "teacher_precision": cfg.teacher_precision,
             "output_dir": str(result.output_dir)}
 
 
@@ -294,20 +304,19 @@ def main() -> None:
 
         student_dir = None
         if "training" in args.parts:
-            for name, epochs, cache in (("kdapp_1ep", 1, False), ("kdapp_2ep_nocache", 2, False),
-                                        ("kdapp_2ep_cache", 2, True)):
-                log(f"kdapp KD: {name}")
-                report["training"][name] = kd_run(args, teacher_dir, work, name, epochs, cache)
-            log("kdapp KD: kdapp_1ep_attn_dropout (the model's own attention dropout, 0.1)")
-            report["training"]["kdapp_1ep_attn_dropout"] = kd_run(args, teacher_dir, work, "kdapp_1ep_attn_dropout",
-                                                                  1, False, attention_dropout=None)
-            student_dir = report["training"]["kdapp_2ep_cache"]["output_dir"]
+            for name in args.training_runs:
+                epochs, cache, overrides, what = KD_RUNS[name]
+                log(f"kdapp KD: {name} ({what})")
+                report["training"][name] = kd_run(args, teacher_dir, work, name, epochs, cache, **overrides)
+            student_dir = report["training"].get("kdapp_2ep_cache", {}).get("output_dir")
             flops_student = 3 * model_flops(student0, train_len)  # forward + backward per epoch
             flops_teacher = model_flops(teacher, train_len)  # one forward per epoch on the fly, once when cached
             t = report["training"]
             b = t["seed_baseline_1ep"]
-            report["flops"]["train_kdapp_1ep"] = _fraction(
-                (flops_student + flops_teacher) / t["kdapp_1ep"]["train_runtime_s"], peak)
+            for name in ("kdapp_1ep", "kdapp_1ep_attn_dropout"):
+                if name in t:
+                    report["flops"][f"train_{name}"] = _fraction(
+                        (flops_student + flops_teacher) / t[name]["train_runtime_s"], peak)
             report["flops"]["train_baseline_1ep"] = _fraction((flops_student + flops_teacher) / b["train_runtime_s"],
                                                               peak)
             padded = [args.max_length] * len(train_len)  # what the baseline computes, padding included
@@ -370,17 +379,22 @@ def ratios(report: dict) -> list[dict]:
         out.append({"key": key, "what": what, "ratio": round(value, 3), "target": target,
                     "met": None if target is None else bool(value >= target), "note": extra})
 
-    if "kdapp_1ep" in t and "seed_baseline_1ep" in t:
+    if "seed_baseline_1ep" in t:
         base = t["seed_baseline_1ep"]["train_samples_per_second"]
-        default = t.get("kdapp_1ep_attn_dropout")  # kdapp's path, the model's own dropout: the like-for-like row
-        if default:
+        if "kdapp_1ep_attn_dropout" in t:  # kdapp's path with the model's own dropout: the like-for-like row
             add("train_1ep", "KD training samples/s, 1 epoch: kdapp / seed-faithful Trainer",
-                default["train_samples_per_second"] / base, "both with the model's attention dropout (0.1)")
-        add("train_1ep_ad0" if default else "train_1ep",
-            "KD training samples/s, 1 epoch: kdapp with --attention_dropout 0 / seed-faithful Trainer",
-            t["kdapp_1ep"]["train_samples_per_second"] / base,
-            "a recipe change, not only a faster path: its accuracy is in README (kd-ad0, kd-transfer-masked-ad0)")
-    if "kdapp_2ep_cache" in t:
+                t["kdapp_1ep_attn_dropout"]["train_samples_per_second"] / base,
+                "both with the model's attention dropout (0.1)")
+        if "kdapp_1ep" in t:
+            add("train_1ep_ad0", "KD training samples/s, 1 epoch: kdapp with --attention_dropout 0 / seed-faithful "
+                "Trainer", t["kdapp_1ep"]["train_samples_per_second"] / base,
+                "a recipe change, not only a faster path: its accuracy is in README (kd-ad0, kd-transfer-masked-ad0)")
+        if "kdapp_1ep_int8_teacher" in t:
+            add("train_1ep_int8_teacher", "KD training samples/s, 1 epoch: kdapp with --teacher_precision int8 / "
+                "seed-faithful Trainer", t["kdapp_1ep_int8_teacher"]["train_samples_per_second"] / base,
+                "both with the model's attention dropout; the teacher's soft targets from dynamic int8, the CPU "
+                "counterpart of a half-precision teacher on a GPU (its accuracy: README, kd-transfer-masked-tint8)")
+    if "kdapp_2ep_cache" in t and "kdapp_2ep_nocache" in t:
         nc, c = t["kdapp_2ep_nocache"], t["kdapp_2ep_cache"]
         add("cache_2ep", "2 epochs wall time: no cache / logit cache", nc["wall_s"] / c["wall_s"],
             f"cache pass {c['cache_s']:.0f} s included; with a warm cache from an earlier run (sweep, rerun): "
@@ -425,13 +439,14 @@ def write_report(report: dict, out: Path) -> None:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
         lines.append(f"| {r['what']} | {r['ratio']:.2f}x | {r['target'] or '-'} | {met} | {r['note']} |")
     if report["training"]:
-        lines += ["", "| training run | samples/s | train s | wall s | cache pass s | attention dropout |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| training run | samples/s | train s | wall s | cache pass s | attention dropout | teacher |",
+                  "|---|---|---|---|---|---|---|"]
         for k, v in report["training"].items():
             dropout = v.get("attention_dropout", "-")
             lines.append(f"| {k} | {v['train_samples_per_second']:.2f} | {v['train_runtime_s']:.1f} | "
                          f"{v.get('wall_s', '-')} | {v.get('cache_s', '-')} | "
-                         f"{'model default (0.1)' if dropout is None else dropout} |")
+                         f"{'model default (0.1)' if dropout is None else dropout} | "
+                         f"{v.get('teacher_precision', 'fp32').replace('auto', 'fp32')} |")
     if report["inference"]:
         lines += ["", "| inference path | reviews/s | accuracy | reviews | size MB |", "|---|---|---|---|---|"]
         for k, v in report["inference"].items():
@@ -464,6 +479,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n_score", type=int, default=200, help="validation rows each KD run scores at its end")
     p.add_argument("--parts", nargs="+", default=["training", "inference", "arch"],
                    choices=["training", "inference", "arch"], help="what to measure")
+    p.add_argument("--training_runs", nargs="+", default=list(KD_RUNS), choices=list(KD_RUNS),
+                   help="kdapp KD runs of the training part (the seed-faithful baseline always runs with it)")
     p.add_argument("--arch_batch", type=int, default=100)
     p.add_argument("--arch_seq", type=int, default=128)
     p.add_argument("--arch_repeats", type=int, default=2)

@@ -168,7 +168,7 @@ def test_bad_distill_settings(demo, runs, reviews_parquet, form, message):
     answers_next_good_request(demo, runs)
 
 
-def test_teacher_length_and_precision_reach_the_run(runs, tmp_path, reviews_parquet):
+def test_teacher_length_and_precision_reach_the_run(runs, tmp_path, reviews_parquet, in_tmp_cwd):
     demo = build_app(JobRegistry(), tmp_path / "ckpt")
     job_id, status, _ = start_distill(demo, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
                                       teacher_max_length=32, teacher_precision="int8", also_nokd=True)
