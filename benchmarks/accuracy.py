@@ -139,15 +139,19 @@ def ensure_run(name: str, cfg: RunConfig, num_threads: int | None) -> Path:
     return out
 
 
-def validation_logits(folder: Path, texts, labels, cfg: RunConfig) -> np.ndarray:
-    """The run's saved validation logits, or score it now (same rows, same truncation) and save them."""
-    path = folder / "validation_logits.npy"
+def validation_logits(folder: Path, texts, labels, cfg: RunConfig, max_length: int | None = None) -> np.ndarray:
+    """The run's saved validation logits, or score it now (same rows, same truncation) and save them.
+
+    max_length: score at another length than the run's (the file's name says which)."""
+    path = folder / ("validation_logits.npy" if max_length is None else f"validation_logits_{max_length}.npy")
+    max_length = max_length or cfg.max_length
     if path.is_file():
         logits = np.load(path, allow_pickle=False)
         if len(logits) == len(labels):
             return logits
     model, tokenizer = load_pair(str(folder))
-    _, logits = score(model, tokenizer, texts, labels, cfg.max_length, 64, cfg.truncation, cfg.resolved_head_tokens())
+    _, logits = score(model, tokenizer, texts, labels, max_length, 64, cfg.truncation,
+                      cfg.resolved_head_tokens(max_length))
     np.save(path, logits, allow_pickle=False)
     return logits
 
@@ -196,6 +200,19 @@ def report(names: list[str], table: dict, out: Path) -> None:
                      "ece": m["ece"], "train_runtime_s": info.metrics.get("train_runtime_s"),
                      "params": info.metrics.get("params"), "size_mb": info.metrics.get("size_mb"),
                      "epochs": cfg.num_train_epochs, "learning_rate": cfg.learning_rate})
+    names_done = [r["run"] for r in rows]
+    if "teacher" in names_done and is_complete(ROOT / "kd-transfer-masked-t512"):  # the view behind its soft targets
+        teacher_cfg = table["teacher"][1]
+        correct["teacher"] = validation_logits(ROOT / "teacher", val["text"], labels, teacher_cfg).argmax(-1) == labels
+        logits = validation_logits(ROOT / "teacher", val["text"], labels, teacher_cfg, 512)
+        m = classification_metrics(logits, labels)
+        correct["teacher@512"] = logits.argmax(-1) == labels
+        at = names_done.index("teacher") + 1
+        rows.insert(at, {"run": "teacher@512", "what": "the kdapp teacher, scored reading 512 tokens (head+tail "
+                         "128 + 382) instead of 256: the view behind kd-transfer-masked-t512's soft targets",
+                         "accuracy": m["accuracy"], "f1_weighted": m["f1_weighted"], "ece": m["ece"],
+                         "train_runtime_s": None, "params": rows[at - 1]["params"], "size_mb": None,
+                         "epochs": None, "learning_rate": None})
     pairs = [("seed-kd", "seed-nokd"), ("kd", "nokd"), ("kd-windows", "nokd"), ("kd-masked", "nokd"),
              ("kd-masked", "nokd-masked"), ("kd-transfer", "nokd"), ("kd-transfer-4k", "nokd"),
              ("kd-transfer-masked", "nokd"), ("kd-transfer-masked-hidden", "nokd"),
@@ -206,9 +223,10 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("nokd-ad2", "nokd"), ("kd-transfer-masked-ad2", "kd-transfer-masked"),
              ("kd-transfer-masked-ad2", "nokd-ad2"), ("kd-transfer-masked-ad2", "nokd"),
              ("kd-transfer-masked-t512", "nokd"), ("kd-transfer-masked-t512", "kd-transfer-masked"),
+             ("teacher@512", "teacher"),
              ("kd-transfer-masked-tint8", "nokd"), ("kd-transfer-masked-tint8", "kd-transfer-masked")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
-    teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"].endswith("teacher")}
+    teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
 
     lines = [f"Validation: {len(labels)} rows (seed split of {DATA}); 2,000 labelled training reviews; "
              "max_length 256.", "",
@@ -218,7 +236,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
         t = teacher_acc.get("seed-teacher" if r["run"].startswith("seed") else "teacher")
         share = f"{100 * r['accuracy'] / t:.1f} %" if t else "-"
         lines.append(f"| {r['run']} | {r['what']} | {100 * r['accuracy']:.2f} % | {100 * r['f1_weighted']:.2f} | "
-                     f"{r['ece']:.3f} | {share} | {r['train_runtime_s']:.0f} s | {r['params'] / 1e6:.1f} M |")
+                     f"{r['ece']:.3f} | {share} | {_seconds(r['train_runtime_s'])} | {r['params'] / 1e6:.1f} M |")
     lines += ["", "Paired differences on the same rows (accuracy points, 95 % interval):", ""]
     for k, d in diffs.items():
         lines.append(f"- {k}: {100 * d['diff']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
@@ -236,6 +254,10 @@ def report(names: list[str], table: dict, out: Path) -> None:
     out.with_suffix(".md").write_text(text + "\n")
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "paired": diffs, "int8_teacher": fidelity,
                                                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+
+
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.0f} s"
 
 
 def main() -> None:
