@@ -113,6 +113,19 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "kd-transfer-masked-tint8": ("kd-transfer-masked, teacher in int8 (dynamic quantization)",
                                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
                                                teacher_precision="int8", **COMMON, **KDAPP_STUDENT)),
+        # seed-to-seed spread: the same recipes with another seed (data order, dropout, masks; same split and rows)
+        "kd-transfer-masked-s43": ("kd-transfer-masked, seed 43",
+                                   RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED, seed=43,
+                                             **COMMON, **KDAPP_STUDENT)),
+        "kd-transfer-masked-s44": ("kd-transfer-masked, seed 44",
+                                   RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED, seed=44,
+                                             **COMMON, **KDAPP_STUDENT)),
+        "nokd-s43": ("control: no-KD student, seed 43",
+                     RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, seed=43, **COMMON,
+                               **KDAPP_STUDENT)),
+        "nokd-s44": ("control: no-KD student, seed 44",
+                     RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, seed=44, **COMMON,
+                               **KDAPP_STUDENT)),
     }
 
 
@@ -224,7 +237,10 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-transfer-masked-ad2", "nokd-ad2"), ("kd-transfer-masked-ad2", "nokd"),
              ("kd-transfer-masked-t512", "nokd"), ("kd-transfer-masked-t512", "kd-transfer-masked"),
              ("teacher@512", "teacher"),
-             ("kd-transfer-masked-tint8", "nokd"), ("kd-transfer-masked-tint8", "kd-transfer-masked")]
+             ("kd-transfer-masked-tint8", "nokd"), ("kd-transfer-masked-tint8", "kd-transfer-masked"),
+             ("kd-transfer-masked-s43", "kd-transfer-masked"), ("nokd-s43", "nokd"), ("nokd-s44", "nokd"),
+             ("kd-transfer-masked-s43", "nokd-s43"), ("kd-transfer-masked-s44", "kd-transfer-masked"),
+             ("kd-transfer-masked-s44", "nokd-s44")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
 
@@ -241,6 +257,15 @@ def report(names: list[str], table: dict, out: Path) -> None:
     for k, d in diffs.items():
         lines.append(f"- {k}: {100 * d['diff']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
                      f"({d['a_only']} rows right only in the first, {d['b_only']} only in the second)")
+    spread = seed_spread(rows, table)
+    if spread:
+        lines += ["", "Seed-to-seed spread (the same recipe, other seeds: data order, dropout, masks; same rows):", ""]
+        for base, v in spread.items():
+            lines.append(f"- {base}: " + ", ".join(f"{100 * a:.2f} % (seed {sd})" for sd, a in v["runs"])
+                         + f"; mean {100 * v['mean']:.2f} %, range {100 * v['range']:.2f} points")
+        if {"kd-transfer-masked", "nokd"} <= spread.keys():
+            gap = spread["kd-transfer-masked"]["mean"] - spread["nokd"]["mean"]
+            lines.append(f"- kd-transfer-masked - nokd, mean over seeds: {100 * gap:+.2f} points")
     fidelity = int8_teacher_fidelity()
     if fidelity:
         lines += ["", f"Soft targets of the int8 teacher (kd-transfer-masked-tint8) vs the fp32 teacher on the "
@@ -252,8 +277,21 @@ def report(names: list[str], table: dict, out: Path) -> None:
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "paired": diffs, "int8_teacher": fidelity,
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "paired": diffs, "int8_teacher": fidelity, "seed_spread": spread,
                                                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+
+
+def seed_spread(rows: list[dict], table: dict) -> dict:
+    """recipe -> its runs over seeds (run '<recipe>-s<seed>' is '<recipe>' with another seed), mean and range."""
+    acc = {r["run"]: r["accuracy"] for r in rows}
+    out = {}
+    for name in acc:
+        others = [(table[o][1].seed, acc[o]) for o in acc if o.startswith(f"{name}-s") and o[len(name) + 2:].isdigit()]
+        if others:
+            runs = sorted([(table[name][1].seed, acc[name])] + others)
+            values = [a for _, a in runs]
+            out[name] = {"runs": runs, "mean": float(np.mean(values)), "range": max(values) - min(values)}
+    return out
 
 
 def _seconds(value) -> str:

@@ -83,8 +83,9 @@ class RunConfig:
                                               "teacher sees more of each review than the student (same truncation "
                                               "rule). Needs --cache_teacher_logits.", kinds="distill")
     teacher_precision: str = _f("auto", "The teacher's precision in distillation: auto (half precision on a GPU, "
-                                        "fp32 on CPU), fp32, or int8 (CPU: dynamic quantization, about 1.8x faster "
-                                        "teacher forwards; README: Speed).", kinds="distill")
+                                        "fp32 on CPU), fp32, or int8 (CPU: dynamic quantization; faster teacher "
+                                        "forwards, but it changes the soft targets: README, Accuracy).",
+                                kinds="distill")
     # bookkeeping
     output_dir: str | None = _f(None, "Run folder (default checkpoints/<run_name>).")
     run_name: str | None = _f(None, "Run name (default <kind>-<model>-<time>).")
