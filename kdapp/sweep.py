@@ -17,7 +17,9 @@ from .train import distill_student
 WEIGHT_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
-NO_KD_OPTIONS = dict(transfer_data=None, transfer_samples=None, augment_windows=0, augment_masked=0, hidden_loss="none")
+# what only a KD run has: a no-KD point (alpha = 1, no teacher) of a sweep or an app job drops these
+NO_KD_OPTIONS = dict(transfer_data=None, transfer_samples=None, augment_windows=0, augment_masked=0, hidden_loss="none",
+                     teacher_max_length=None, teacher_precision="auto")
 
 
 def grid(alphas, temperatures) -> list[tuple[float, float]]:

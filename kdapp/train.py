@@ -120,7 +120,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
 
     use_cuda = torch.cuda.is_available()
     fingerprint, teacher_params = None, count_parameters(teacher)
-    if cfg.alpha < 1.0 and cfg.teacher_precision == "int8":  # CPU: dynamic int8 (README: Speed)
+    if cfg.alpha < 1.0 and cfg.teacher_precision == "int8":  # CPU: dynamic int8 (README: Accuracy)
         if use_cuda:
             raise ValueError("teacher_precision int8 is for CPU runs; on a GPU the teacher runs in half precision "
                              "(teacher_precision auto)")

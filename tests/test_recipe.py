@@ -140,3 +140,17 @@ def test_calibrate_fits_temperature_and_saves(tmp_path, teacher_dir, reviews_par
     assert res["after"]["accuracy"] == res["before"]["accuracy"]  # T never changes the argmax
     assert len(res["after"]["reliability"]) == 15
     assert json.loads((tmp_path / "teacher" / "calibration.json").read_text())["temperature"] == res["temperature"]
+
+
+def test_no_kd_options_turn_any_kd_config_into_a_valid_no_kd_one():
+    import dataclasses
+
+    from kdapp.sweep import NO_KD_OPTIONS
+
+    kd = RunConfig(kind="distill", teacher="t", max_length=64, transfer_data="rest", augment_windows=1,
+                   augment_masked=1, teacher_max_length=128, cache_teacher_logits=True,
+                   teacher_precision="int8")
+    with pytest.raises(ValueError):
+        dataclasses.replace(kd, alpha=1.0)
+    nokd = dataclasses.replace(kd, alpha=1.0, **NO_KD_OPTIONS)
+    assert (nokd.teacher_max_length, nokd.teacher_precision, nokd.transfer_data) == (None, "auto", None)

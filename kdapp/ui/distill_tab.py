@@ -8,6 +8,7 @@ import gradio as gr
 
 from ..config import FROM_TEACHER, RunConfig
 from ..jobs import Stage
+from ..sweep import NO_KD_OPTIONS
 from ..train import distill_student
 from .common import AppContext, Refresher, read_json, as_float, as_int, guarded, local_imdb, password_box
 from .job_panel import attach_latest, build_config, build_job_panel, start_job
@@ -111,7 +112,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                                                 "reads (needs the logit cache)")
             teacher_precision = gr.Radio(["auto", "fp32", "int8"], value=DEFAULTS.teacher_precision,
                                          label="Teacher precision", elem_id="distill_teacher_precision",
-                                         info="auto: half on a GPU, fp32 on CPU; int8: faster CPU teacher")
+                                         info="auto: half on a GPU, fp32 on CPU; int8: a faster CPU teacher, but it changes "
+                                              "the soft targets (README)")
             run_name = gr.Textbox("", label="Run name (empty = automatic)")
     password = password_box(ctx, "distill")
     with gr.Row():
@@ -158,9 +160,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
         stages = [Stage("KD student" if cfg.alpha < 1 else "no-KD student", distill_student, cfg)]
         if also_nokd and cfg.alpha < 1:
             nokd_name = f"{values['run_name']}-nokd" if values["run_name"] else None
-            nokd = build_config("distill", ctx.root, **(values | dict(
-                alpha=1.0, transfer_data=None, transfer_samples=None, hidden_loss="none", augment_windows=0, augment_masked=0,
-                cache_teacher_logits=False, teacher_max_length=None, teacher_precision="auto", run_name=nokd_name)))
+            nokd = build_config("distill", ctx.root, **(values | NO_KD_OPTIONS | dict(
+                alpha=1.0, cache_teacher_logits=False, run_name=nokd_name)))
             stages.append(Stage("no-KD student", distill_student, nokd))
         title = " + ".join(f"{s.label} {s.cfg.run_name}" for s in stages)
         return start_job(ctx, "distill", title, stages, extra_nokd=len(stages) > 1)
