@@ -392,8 +392,8 @@ def ratios(report: dict) -> list[dict]:
         if "kdapp_1ep_int8_teacher" in t:
             add("train_1ep_int8_teacher", "KD training samples/s, 1 epoch: kdapp with --teacher_precision int8 / "
                 "seed-faithful Trainer", t["kdapp_1ep_int8_teacher"]["train_samples_per_second"] / base,
-                "both with the model's attention dropout; the teacher's soft targets from dynamic int8, the CPU "
-                "counterpart of a half-precision teacher on a GPU (its accuracy: README, kd-transfer-masked-tint8)")
+                "both with the model's attention dropout; not like-for-like: the int8 teacher's soft targets differ "
+                "from fp32's (README, Accuracy: kd-transfer-masked-tint8)")
     if "kdapp_2ep_cache" in t and "kdapp_2ep_nocache" in t:
         nc, c = t["kdapp_2ep_nocache"], t["kdapp_2ep_cache"]
         add("cache_2ep", "2 epochs wall time: no cache / logit cache", nc["wall_s"] / c["wall_s"],
