@@ -43,10 +43,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "imdb" / "train.parquet"
 DEFAULT_TEACHER = ROOT / "checkpoints" / "cpu-scale" / "teacher"
 RECIPE = dict(per_device_train_batch_size=16, learning_rate=1e-4, alpha=0.5, temperature=2.0, seed=42)
-# kdapp's KD runs here switch off dropout on the attention probabilities (--attention_dropout 0): on CPU any p > 0
-# sends scaled_dot_product_attention to its unfused path with a random mask per (head, query, key). That changes
-# the recipe, so the like-for-like ratio is kdapp_1ep_attn_dropout (the model's 0.1, as in the baseline); what the
-# change costs in accuracy is measured by benchmarks/accuracy.py (kd-ad0, nokd-ad0, kd-transfer-masked-ad0).
+# Some of kdapp's KD runs here switch off dropout on the attention probabilities (--attention_dropout 0): on CPU any
+# p > 0 sends PyTorch's scaled_dot_product_attention to its unfused path with a random mask per (head, query, key).
+# That changes the recipe, so the like-for-like ratio is kdapp_1ep_attn_dropout (the model's 0.1, as in the baseline),
+# which runs kdapp's CPU dropout (kdapp/dropout.py: the same masks, drawn and applied faster); kdapp_1ep_torch_dropout
+# is the same run with PyTorch's dropout, to show what that path buys. What attention dropout 0 costs in accuracy is
+# measured by benchmarks/accuracy.py (kd-ad0, nokd-ad0, kd-transfer-masked-ad0).
 KDAPP_TRAINING = dict(attention_dropout=0.0)
 # kdapp's KD runs: name -> (epochs, logit cache, RunConfig overrides, what it is)
 KD_RUNS = {
@@ -54,6 +56,8 @@ KD_RUNS = {
     "kdapp_2ep_nocache": (2, False, {}, "attention dropout 0, teacher on the fly"),
     "kdapp_2ep_cache": (2, True, {}, "attention dropout 0, teacher logits cached"),
     "kdapp_1ep_attn_dropout": (1, False, dict(attention_dropout=None), "the model's own attention dropout, 0.1"),
+    "kdapp_1ep_torch_dropout": (1, False, dict(attention_dropout=None, fast_dropout=False),
+                                "the model's own attention dropout, PyTorch's dropout path"),
     "kdapp_1ep_int8_teacher": (1, False, dict(attention_dropout=None, teacher_precision="int8"),
                                "the model's own attention dropout, teacher in dynamic int8"),
 }
@@ -219,7 +223,7 @@ def kd_run(args, teacher: str, work: Path, name: str, epochs: float, cache: bool
     return {"wall_s": round(wall, 2), "train_runtime_s": m["train_runtime_s"],
             "train_samples_per_second": m["train_samples_per_second"], "cache_s": round(spent["cache_s"], 2),
             "epochs": epochs, "cached": cache, "attention_dropout": cfg.attention_dropout,
-            "teacher_precision": cfg.teacher_precision,
+            "teacher_precision": cfg.teacher_precision, "fast_dropout": cfg.fast_dropout,
             "output_dir": str(result.output_dir)}
 
 
@@ -313,7 +317,7 @@ def main() -> None:
             flops_teacher = model_flops(teacher, train_len)  # one forward per epoch on the fly, once when cached
             t = report["training"]
             b = t["seed_baseline_1ep"]
-            for name in ("kdapp_1ep", "kdapp_1ep_attn_dropout"):
+            for name in ("kdapp_1ep", "kdapp_1ep_attn_dropout", "kdapp_1ep_torch_dropout"):
                 if name in t:
                     report["flops"][f"train_{name}"] = _fraction(
                         (flops_student + flops_teacher) / t[name]["train_runtime_s"], peak)
@@ -384,7 +388,12 @@ def ratios(report: dict) -> list[dict]:
         if "kdapp_1ep_attn_dropout" in t:  # kdapp's path with the model's own dropout: the like-for-like row
             add("train_1ep", "KD training samples/s, 1 epoch: kdapp / seed-faithful Trainer",
                 t["kdapp_1ep_attn_dropout"]["train_samples_per_second"] / base,
-                "both with the model's attention dropout (0.1)")
+                "both with the model's attention dropout (0.1); kdapp's CPU dropout path")
+        if "kdapp_1ep_torch_dropout" in t:
+            add("train_1ep_torch_dropout", "KD training samples/s, 1 epoch: kdapp with --fast_dropout false / "
+                "seed-faithful Trainer", t["kdapp_1ep_torch_dropout"]["train_samples_per_second"] / base,
+                "both with the model's attention dropout (0.1), both with PyTorch's dropout: what kdapp gains "
+                "without its CPU dropout path")
         if "kdapp_1ep" in t:
             add("train_1ep_ad0", "KD training samples/s, 1 epoch: kdapp with --attention_dropout 0 / seed-faithful "
                 "Trainer", t["kdapp_1ep"]["train_samples_per_second"] / base,
@@ -419,6 +428,12 @@ def ratios(report: dict) -> list[dict]:
     return out
 
 
+def _dropout_path(name: str, run: dict) -> str:
+    if name.startswith("seed_"):
+        return "PyTorch"
+    return "kdapp CPU" if run.get("fast_dropout", False) else "PyTorch"  # runs timed before the path existed: PyTorch
+
+
 def _vs_default(inf: dict, path: dict) -> str:
     if "pipeline_default_env" not in inf:
         return ""
@@ -439,13 +454,13 @@ def write_report(report: dict, out: Path) -> None:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
         lines.append(f"| {r['what']} | {r['ratio']:.2f}x | {r['target'] or '-'} | {met} | {r['note']} |")
     if report["training"]:
-        lines += ["", "| training run | samples/s | train s | wall s | cache pass s | attention dropout | teacher |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| training run | samples/s | train s | wall s | cache pass s | attention dropout | dropout path "
+                  "| teacher |", "|---|---|---|---|---|---|---|---|"]
         for k, v in report["training"].items():
             dropout = v.get("attention_dropout", "-")
             lines.append(f"| {k} | {v['train_samples_per_second']:.2f} | {v['train_runtime_s']:.1f} | "
                          f"{v.get('wall_s', '-')} | {v.get('cache_s', '-')} | "
-                         f"{'model default (0.1)' if dropout is None else dropout} | "
+                         f"{'model default (0.1)' if dropout is None else dropout} | {_dropout_path(k, v)} | "
                          f"{v.get('teacher_precision', 'fp32').replace('auto', 'fp32')} |")
     if report["inference"]:
         lines += ["", "| inference path | reviews/s | accuracy | reviews | size MB |", "|---|---|---|---|---|"]

@@ -24,6 +24,7 @@ from .checkpoints import last_trainer_checkpoint, save_run, work_dir, write_json
 from .config import FROM_TEACHER, RunConfig
 from .data import load_splits, load_transfer_texts
 from .distill import IGNORE, DistillationTrainer
+from .dropout import restore_dropout, use_fast_dropout
 from .encoding import masked_views, tokenize_dataset, window_views
 from .evaluation import score
 from .inference import prepare_model
@@ -56,6 +57,7 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     model, tokenizer = load_pair(cfg.model)
     if cfg.attention_dropout is not None:
         set_attention_dropout(model, cfg.attention_dropout)
+    dropout_path = _dropout_path(cfg, model)
     max_length = _check_max_length(cfg, model)
     train_ds, eval_ds = (_tokenize(cfg, splits[s], tokenizer, max_length) for s in ("train", "validation"))
     args = _training_args(cfg, out, remove_unused_columns=True)
@@ -65,7 +67,7 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     # the classifier's loss is a batch mean that ignores num_items_in_batch; left True, transformers 5.24 multiplies
     # it by the number of processes under torchrun (2x loss and gradients) and skips the gradient-accumulation division
     trainer.model_accepts_loss_kwargs = False
-    meta = {"train_rows": len(train_ds), "max_length_effective": max_length}
+    meta = {"train_rows": len(train_ds), "max_length_effective": max_length, "dropout_path": dropout_path}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
 
 
@@ -82,6 +84,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
     check_same_tokenizer(teacher_tok, tokenizer)
     if cfg.attention_dropout is not None:
         set_attention_dropout(student, cfg.attention_dropout)
+    dropout_path = _dropout_path(cfg, student)
     max_length = _check_max_length(cfg, student, teacher)
     teacher_length = _check_teacher_length(cfg, teacher)
     if cfg.hidden_loss != "none" and teacher.config.hidden_size != student.config.hidden_size:
@@ -150,11 +153,19 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
             "teacher_logits_cache_hit": cache_hit, "max_length_effective": max_length,
             "teacher_max_length_effective": teacher_length if cfg.alpha < 1.0 else None,
             "teacher_precision_effective": _teacher_precision(cfg, use_cuda),
-            "teacher_params": teacher_params}
+            "teacher_params": teacher_params, "dropout_path": dropout_path}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
 
 
 # ---------------------------------------------------------------- pieces
+def _dropout_path(cfg: RunConfig, model) -> str:
+    """Switch the trained model to kdapp's CPU dropout when asked and on CPU; what the metadata records."""
+    if not cfg.fast_dropout or torch.cuda.is_available():
+        return "torch"
+    use_fast_dropout(model)
+    return "kdapp-cpu"
+
+
 def _make_student(cfg: RunConfig, teacher, teacher_tok):
     """(student, tokenizer, layer map or None) for a hub id / folder, 'from-teacher' or 'from:<model>'."""
     if cfg.student == FROM_TEACHER:
@@ -279,6 +290,7 @@ def _train_and_save(cfg: RunConfig, trainer: Trainer, tokenizer, splits, out: Pa
 
     model = trainer.model
     model.eval()
+    restore_dropout(model)  # the checkpoint says plain dropout and sdpa, loadable without kdapp
     metrics = {"train_runtime_s": round(output.metrics.get("train_runtime", time.time() - started), 2),
                "train_samples_per_second": output.metrics.get("train_samples_per_second"),
                "train_loss": output.metrics.get("train_loss"), "global_step": state.global_step,

@@ -145,6 +145,17 @@ def test_attention_dropout_reaches_the_student_and_its_saved_config(teacher_run,
     assert teacher.config.attention_probs_dropout_prob > 0  # the teacher's own folder is left as it was
 
 
+@pytest.mark.parametrize("fast_dropout, path", [(True, "kdapp-cpu"), (False, "torch")])
+def test_dropout_path_is_recorded_and_the_checkpoint_is_plain(teacher_run, reviews_parquet, workdir, fast_dropout,
+                                                              path):
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER,
+                                         workdir / f"dropout-{path}", fast_dropout=fast_dropout))
+    assert result.status == "done", result.message
+    info = load_run_info(result.output_dir)
+    assert info.run_config["meta"]["dropout_path"] == path and info.run_config["fast_dropout"] is fast_dropout
+    assert "kdapp_cpu" not in (result.output_dir / "config.json").read_text()  # loadable without kdapp
+
+
 def test_alpha_one_is_the_no_kd_student(teacher_run, student_dir, reviews_parquet, workdir):
     result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, student_dir, workdir / "nokd",
                                          alpha=1.0))

@@ -1,0 +1,173 @@
+"""Dropout for CPU training at the cost it should have: the same Bernoulli masks, drawn and applied faster.
+
+On CPU, PyTorch draws every dropout mask with `bernoulli_` (about 16 ns an element on the 2-core dev machine), and any
+attention dropout sends `scaled_dot_product_attention` to its unfused path, which writes and re-reads the whole
+(batch, head, query, key) tensor several times. For a 3-layer MiniLM student at 16 x 256 tokens that unfused attention
+cost 0.33 s of a 2.9 s step (README: Speed). Here:
+
+- masks come from numpy's PCG64 as 16-bit draws (about 1 ns an element), seeded from torch's default generator so that
+  `torch.manual_seed` / `transformers.set_seed` make runs repeatable; an element is kept when its draw is at least
+  round(p * 65536), so p is rounded to a multiple of 1/65536 (0.1 becomes 0.100006);
+- attention with dropout runs block by block (one sample and a few heads at a time, sized to stay in cache), and its
+  backward pass recomputes the softmax from q and k instead of storing it (as FlashAttention does), keeping only the
+  1-byte keep mask.
+
+What it computes is the textbook attention: softmax(q k^T * scale + mask) * keep / (1 - p) @ v. Evaluation, a dropout
+of 0 and any device other than CPU go to transformers' own sdpa path unchanged.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTN_IMPLEMENTATION = "kdapp_cpu_dropout"
+BLOCK_BYTES = 1 << 20  # one block of attention scores: about a core's share of L2 on the dev machine
+_BITS = 16
+
+
+def numpy_generator() -> np.random.Generator:
+    """A fresh PCG64 seeded from torch's default generator (so torch's seed decides every mask)."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+
+def keep_mask(shape: tuple[int, ...], p: float, generator: np.random.Generator) -> torch.Tensor:
+    """Bool mask, True with probability 1 - p (p rounded to a multiple of 1/65536)."""
+    draws = generator.integers(0, 1 << _BITS, size=shape, dtype=np.uint16)
+    return torch.from_numpy(draws >= round(p * (1 << _BITS)))
+
+
+class _MaskedScale(torch.autograd.Function):
+    """x * keep / (1 - p), saving the 1-byte mask for backward instead of a float copy."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale):
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x * keep * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return grad * keep * ctx.scale, None, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Like torch.nn.functional.dropout; the fast mask on CPU, PyTorch's own elsewhere."""
+    if not training or p == 0:
+        return x
+    if x.device.type != "cpu" or p >= 1:
+        return torch.nn.functional.dropout(x, p, training)
+    return _MaskedScale.apply(x, keep_mask(tuple(x.shape), p, numpy_generator()), 1.0 / (1.0 - p))
+
+
+class FastDropout(torch.nn.Dropout):
+    """nn.Dropout drawing its CPU masks with `keep_mask` (no parameters: checkpoints are unchanged)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace:
+            return super().forward(x)
+        return dropout(x, self.p, self.training)
+
+
+def _blocks(batch: int, heads: int, q_len: int, k_len: int):
+    per_block = max(1, min(heads, BLOCK_BYTES // (4 * q_len * k_len)))
+    for b in range(batch):
+        for h in range(0, heads, per_block):
+            yield b, slice(h, min(h + per_block, heads))
+
+
+def _probs(q, k, bias, b, hs, scale):
+    scores = torch.matmul(q[b, hs], k[b, hs].transpose(-1, -2)).mul_(scale)
+    if bias is not None:
+        scores.add_(bias[b] if bias.shape[1] == 1 else bias[b, hs])
+    return scores.softmax(-1)
+
+
+class _BlockAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + bias) * keep / (1 - p) @ v over (sample, heads) blocks; backward recomputes the softmax."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, p, scale):
+        batch, heads, q_len, _ = q.shape
+        keep = keep_mask((batch, heads, q_len, k.shape[2]), p, numpy_generator())
+        out = q.new_empty(q.shape[:-1] + v.shape[-1:])
+        for b, hs in _blocks(batch, heads, q_len, k.shape[2]):
+            probs = _probs(q, k, bias, b, hs, scale).mul_(keep[b, hs])
+            torch.matmul(probs, v[b, hs], out=out[b, hs])
+        out.mul_(1.0 / (1.0 - p))
+        ctx.save_for_backward(q, k, v, bias, keep, out)
+        ctx.p, ctx.scale = p, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, bias, keep, out = ctx.saved_tensors
+        inv, scale = 1.0 / (1.0 - ctx.p), ctx.scale
+        grad_out = grad_out.contiguous()
+        delta = (grad_out * out).sum(-1, keepdim=True)  # rowsum(dP * P) = rowsum(dO * O), with or without dropout
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        for b, hs in _blocks(q.shape[0], q.shape[1], q.shape[2], k.shape[2]):
+            probs = _probs(q, k, bias, b, hs, scale)
+            kept = keep[b, hs]
+            torch.matmul((probs * kept).mul_(inv).transpose(-1, -2), grad_out[b, hs], out=dv[b, hs])
+            grad_scores = torch.matmul(grad_out[b, hs], v[b, hs].transpose(-1, -2)).mul_(kept).mul_(inv)
+            grad_scores.sub_(delta[b, hs]).mul_(probs).mul_(scale)
+            torch.matmul(grad_scores, k[b, hs], out=dq[b, hs])
+            torch.matmul(grad_scores.transpose(-1, -2), q[b, hs], out=dk[b, hs])
+        return dq, dk, dv, None, None, None
+
+
+def attention(query, key, value, attention_mask, p: float, scale: float) -> torch.Tensor:
+    """Attention with dropout p on (batch, heads, length, dim) tensors; attention_mask: bool (True = attend),
+    additive float, or None. Returns (batch, heads, q_len, dim)."""
+    bias = attention_mask
+    if bias is not None and bias.dtype == torch.bool:
+        bias = torch.zeros(bias.shape, dtype=query.dtype).masked_fill_(~bias, torch.finfo(query.dtype).min)
+    if bias is not None:
+        bias = bias.to(query.dtype).expand(bias.shape[0] if bias.shape[0] > 1 else query.shape[0], *bias.shape[1:])
+    query, key, value = (t.contiguous() for t in (query, key, value))
+    return _BlockAttention.apply(query, key, value, bias, p, scale)
+
+
+def cpu_dropout_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                                  scaling: float | None = None, **kwargs):
+    """transformers attention function: block attention for CPU training with dropout, its sdpa otherwise."""
+    if (dropout == 0 or query.device.type != "cpu" or query.dtype != torch.float32 or key.shape[1] != query.shape[1]
+            or any(kwargs.get(name) is not None for name in ("softcap", "position_bias"))):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = attention(query, key, value, attention_mask, dropout, scale)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, cpu_dropout_attention_forward)
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+
+
+def use_fast_dropout(model: torch.nn.Module) -> int:
+    """Switch a model's dropout to this module's CPU path, in place; returns how many dropout layers changed.
+
+    Every nn.Dropout becomes a FastDropout (same p), and models on transformers' attention interface whose attention
+    is sdpa get the block attention for CPU training with dropout. Undo with `restore_dropout` before saving.
+    """
+    changed = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Dropout:
+            module.__class__ = FastDropout
+            changed += 1
+    if getattr(model.config, "_attn_implementation", None) == "sdpa" and model._can_set_attn_implementation():
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    return changed
+
+
+def restore_dropout(model: torch.nn.Module) -> None:
+    """Undo `use_fast_dropout`: plain nn.Dropout and sdpa attention, as a saved checkpoint should say."""
+    for module in model.modules():
+        if type(module) is FastDropout:
+            module.__class__ = torch.nn.Dropout
+    if getattr(model.config, "_attn_implementation", None) == ATTN_IMPLEMENTATION:
+        model.set_attn_implementation("sdpa")
