@@ -31,7 +31,11 @@ from kdapp.train import distill_student, train_teacher
 
 DATA = "../shared/data/imdb/train.parquet"
 ROOT = Path("checkpoints/cpu-scale")
-COMMON = dict(data=DATA, max_train_samples=2000, max_length=256, eval_strategy="no", logging_steps=20)
+# fast_dropout False: the table's runs were made with PyTorch's dropout, before kdapp's CPU dropout path existed
+# (kdapp/dropout.py); the -fastdrop runs measure that path (same masks' statistics, another random stream)
+COMMON = dict(data=DATA, max_train_samples=2000, max_length=256, eval_strategy="no", logging_steps=20,
+              fast_dropout=False)
+FAST_DROPOUT = dict(COMMON, fast_dropout=True)
 SEED = dict(num_train_epochs=1.0, learning_rate=2e-5, per_device_train_batch_size=16)
 KDAPP = dict(num_train_epochs=3.0, learning_rate=1e-4, warmup_steps=0.1, weight_decay=0.01, truncation="head_tail")
 KDAPP_STUDENT = dict(KDAPP, num_train_epochs=2.0)  # students start from the fine-tuned teacher's layers
@@ -126,16 +130,24 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "nokd-s44": ("control: no-KD student, seed 44",
                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, seed=44, **COMMON,
                                **KDAPP_STUDENT)),
+        # kdapp's CPU dropout path (the default since it was built): does the faster step cost accuracy?
+        "kd-transfer-masked-fastdrop": ("kd-transfer-masked, kdapp's CPU dropout path",
+                                        RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
+                                                  **FAST_DROPOUT, **KDAPP_STUDENT)),
+        "nokd-fastdrop": ("control: no-KD student, kdapp's CPU dropout path",
+                          RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, **FAST_DROPOUT,
+                                    **KDAPP_STUDENT)),
     }
 
 
 BOOKKEEPING = {"output_dir", "run_name", "overwrite", "resume", "num_threads", "logging_steps", "save_steps",
                "report_to", "meta", "kind"}
+BEFORE_FIELD = {"fast_dropout": False}  # what a run made before the field existed did
 
 
 def same_settings(folder: Path, cfg: RunConfig) -> bool:
     saved = load_run_info(folder).run_config
-    defaults = RunConfig().to_dict()  # a field added after the run was made counts as its default
+    defaults = RunConfig().to_dict() | BEFORE_FIELD  # a field added after the run: what runs did before it
     return all(saved.get(k, defaults[k]) == v for k, v in cfg.to_dict().items() if k not in BOOKKEEPING)
 
 
@@ -240,7 +252,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-transfer-masked-tint8", "nokd"), ("kd-transfer-masked-tint8", "kd-transfer-masked"),
              ("kd-transfer-masked-s43", "kd-transfer-masked"), ("nokd-s43", "nokd"), ("nokd-s44", "nokd"),
              ("kd-transfer-masked-s43", "nokd-s43"), ("kd-transfer-masked-s44", "kd-transfer-masked"),
-             ("kd-transfer-masked-s44", "nokd-s44")]
+             ("kd-transfer-masked-s44", "nokd-s44"), ("nokd-fastdrop", "nokd"),
+             ("kd-transfer-masked-fastdrop", "kd-transfer-masked"), ("kd-transfer-masked-fastdrop", "nokd-fastdrop")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
 

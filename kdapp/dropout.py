@@ -79,44 +79,53 @@ def _blocks(batch: int, heads: int, q_len: int, k_len: int):
             yield b, slice(h, min(h + per_block, heads))
 
 
-def _probs(q, k, bias, b, hs, scale):
-    scores = torch.matmul(q[b, hs], k[b, hs].transpose(-1, -2)).mul_(scale)
+def _probs(q, k, bias, b, hs):
+    """Softmax of one block's scores (q already carries the 1/sqrt(d) scale)."""
+    scores = torch.matmul(q[b, hs], k[b, hs].transpose(-1, -2))
     if bias is not None:
         scores.add_(bias[b] if bias.shape[1] == 1 else bias[b, hs])
     return scores.softmax(-1)
 
 
 class _BlockAttention(torch.autograd.Function):
-    """softmax(q k^T * scale + bias) * keep / (1 - p) @ v over (sample, heads) blocks; backward recomputes the softmax."""
+    """softmax(q k^T * scale + bias) * keep / (1 - p) @ v over (sample, heads) blocks; backward recomputes the softmax.
+
+    Scalars are folded where the tensors are small: the scale into q, 1 / (1 - p) into the (length x dim) results.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, bias, p, scale):
         batch, heads, q_len, _ = q.shape
         keep = keep_mask((batch, heads, q_len, k.shape[2]), p, numpy_generator())
+        q_scaled = q * scale
         out = q.new_empty(q.shape[:-1] + v.shape[-1:])
         for b, hs in _blocks(batch, heads, q_len, k.shape[2]):
-            probs = _probs(q, k, bias, b, hs, scale).mul_(keep[b, hs])
+            probs = _probs(q_scaled, k, bias, b, hs).mul_(keep[b, hs])
             torch.matmul(probs, v[b, hs], out=out[b, hs])
         out.mul_(1.0 / (1.0 - p))
-        ctx.save_for_backward(q, k, v, bias, keep, out)
+        ctx.save_for_backward(q_scaled, k, v, bias, keep, out)
         ctx.p, ctx.scale = p, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, bias, keep, out = ctx.saved_tensors
+        q_scaled, k, v, bias, keep, out = ctx.saved_tensors
         inv, scale = 1.0 / (1.0 - ctx.p), ctx.scale
         grad_out = grad_out.contiguous()
-        delta = (grad_out * out).sum(-1, keepdim=True)  # rowsum(dP * P) = rowsum(dO * O), with or without dropout
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        for b, hs in _blocks(q.shape[0], q.shape[1], q.shape[2], k.shape[2]):
-            probs = _probs(q, k, bias, b, hs, scale)
+        # rowsum(dP * P) = rowsum(dO * O), with or without dropout; divided by inv because dP = (dO v^T) * keep * inv
+        delta = (grad_out * out).sum(-1, keepdim=True).mul_(1.0 - ctx.p)
+        dq, dk, dv = torch.empty_like(q_scaled), torch.empty_like(k), torch.empty_like(v)
+        for b, hs in _blocks(q_scaled.shape[0], q_scaled.shape[1], q_scaled.shape[2], k.shape[2]):
+            probs = _probs(q_scaled, k, bias, b, hs)
             kept = keep[b, hs]
-            torch.matmul((probs * kept).mul_(inv).transpose(-1, -2), grad_out[b, hs], out=dv[b, hs])
-            grad_scores = torch.matmul(grad_out[b, hs], v[b, hs].transpose(-1, -2)).mul_(kept).mul_(inv)
-            grad_scores.sub_(delta[b, hs]).mul_(probs).mul_(scale)
+            grad_scores = torch.matmul(grad_out[b, hs], v[b, hs].transpose(-1, -2)).mul_(kept)
+            grad_scores.sub_(delta[b, hs]).mul_(probs)  # dS / (inv * scale)
             torch.matmul(grad_scores, k[b, hs], out=dq[b, hs])
-            torch.matmul(grad_scores.transpose(-1, -2), q[b, hs], out=dk[b, hs])
+            torch.matmul(grad_scores.transpose(-1, -2), q_scaled[b, hs], out=dk[b, hs])  # q_scaled: scale folded
+            torch.matmul(probs.mul_(kept).transpose(-1, -2), grad_out[b, hs], out=dv[b, hs])
+        dq.mul_(inv * scale)
+        dk.mul_(inv)
+        dv.mul_(inv)
         return dq, dk, dv, None, None, None
 
 
