@@ -168,8 +168,9 @@ def use_fast_dropout(model: torch.nn.Module) -> int:
         if type(module) is torch.nn.Dropout:
             module.__class__ = FastDropout
             changed += 1
-    if getattr(model.config, "_attn_implementation", None) == "sdpa" and model._can_set_attn_implementation():
-        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) == "sdpa" and model._can_set_attn_implementation():
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)  # only models on the attention interface
     return changed
 
 
@@ -178,5 +179,5 @@ def restore_dropout(model: torch.nn.Module) -> None:
     for module in model.modules():
         if type(module) is FastDropout:
             module.__class__ = torch.nn.Dropout
-    if getattr(model.config, "_attn_implementation", None) == ATTN_IMPLEMENTATION:
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) == ATTN_IMPLEMENTATION:
         model.set_attn_implementation("sdpa")
