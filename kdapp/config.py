@@ -61,7 +61,8 @@ class RunConfig:
                                                "change (README: Speed, and its accuracy).")
     fast_dropout: bool = _f(True, "CPU training: draw dropout masks with numpy's PCG64 and run attention with "
                                   "dropout block by block (kdapp/dropout.py): the same Bernoulli masks, p rounded to "
-                                  "1/65536; a student step here took 2.0 s instead of 2.9 s. False: PyTorch's own.")
+                                  "1/65536; one KD epoch took 324 s instead of 401 s on 2 cores (README: Speed). False: "
+                                  "PyTorch's own.")
     # distillation
     alpha: float = _f(0.5, "Weight on CE(y, s); (1 - alpha) goes to T^2 * KL. alpha=1 is the no-KD student.",
                       kinds="distill")

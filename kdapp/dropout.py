@@ -1,11 +1,10 @@
 """Dropout for CPU training at the cost it should have: the same Bernoulli masks, drawn and applied faster.
 
-On CPU, PyTorch draws every dropout mask with `bernoulli_` (about 16 ns an element on the 2-core dev machine), and any
-attention dropout sends `scaled_dot_product_attention` to its unfused path, which writes and re-reads the whole
-(batch, head, query, key) tensor several times. For a 3-layer MiniLM student at 16 x 256 tokens that unfused attention
-cost 0.33 s of a 2.9 s step (README: Speed). Here:
+On CPU, PyTorch draws every dropout mask with `bernoulli_`, element by element, and any attention dropout sends
+`scaled_dot_product_attention` to its unfused path, which writes and re-reads the whole (batch, head, query, key)
+tensor several times. Here:
 
-- masks come from numpy's PCG64 as 16-bit draws (about 1 ns an element), seeded from torch's default generator so that
+- masks come from numpy's PCG64 as 16-bit draws, seeded from torch's default generator so that
   `torch.manual_seed` / `transformers.set_seed` make runs repeatable; an element is kept when its draw is at least
   round(p * 65536), so p is rounded to a multiple of 1/65536 (0.1 becomes 0.100006);
 - attention with dropout runs block by block (one sample and a few heads at a time, sized to stay in cache), and its
