@@ -61,6 +61,18 @@ KD_RUNS = {
     "kdapp_1ep_int8_teacher": (1, False, dict(attention_dropout=None, teacher_precision="int8"),
                                "the model's own attention dropout, teacher in dynamic int8"),
 }
+# 1-epoch KD runs against the seed-faithful baseline: (ratio key, run, what kdapp ran, note)
+TRAINING_RATIOS = [
+    ("train_1ep", "kdapp_1ep_attn_dropout", "kdapp",  # the like-for-like row
+     "both with the model's attention dropout (0.1)"),
+    ("train_1ep_torch_dropout", "kdapp_1ep_torch_dropout", "kdapp with --fast_dropout false",
+     "both with the model's attention dropout (0.1): what kdapp gains without its CPU dropout path"),
+    ("train_1ep_ad0", "kdapp_1ep", "kdapp with --attention_dropout 0",
+     "a recipe change, not only a faster path: its accuracy is in README (kd-ad0, kd-transfer-masked-ad0)"),
+    ("train_1ep_int8_teacher", "kdapp_1ep_int8_teacher", "kdapp with --teacher_precision int8",
+     "both with the model's attention dropout; not like-for-like: the int8 teacher's soft targets differ from fp32's "
+     "(README, Accuracy: kd-transfer-masked-tint8)"),
+]
 TARGETS = {"train_1ep": 1.5, "cache_2ep": 1.4, "infer_fp32": 1.2, "infer_fastest": 2.5, "arch": 1.9}
 
 
@@ -385,24 +397,10 @@ def ratios(report: dict) -> list[dict]:
 
     if "seed_baseline_1ep" in t:
         base = t["seed_baseline_1ep"]["train_samples_per_second"]
-        if "kdapp_1ep_attn_dropout" in t:  # kdapp's path with the model's own dropout: the like-for-like row
-            add("train_1ep", "KD training samples/s, 1 epoch: kdapp / seed-faithful Trainer",
-                t["kdapp_1ep_attn_dropout"]["train_samples_per_second"] / base,
-                "both with the model's attention dropout (0.1); kdapp's CPU dropout path")
-        if "kdapp_1ep_torch_dropout" in t:
-            add("train_1ep_torch_dropout", "KD training samples/s, 1 epoch: kdapp with --fast_dropout false / "
-                "seed-faithful Trainer", t["kdapp_1ep_torch_dropout"]["train_samples_per_second"] / base,
-                "both with the model's attention dropout (0.1), both with PyTorch's dropout: what kdapp gains "
-                "without its CPU dropout path")
-        if "kdapp_1ep" in t:
-            add("train_1ep_ad0", "KD training samples/s, 1 epoch: kdapp with --attention_dropout 0 / seed-faithful "
-                "Trainer", t["kdapp_1ep"]["train_samples_per_second"] / base,
-                "a recipe change, not only a faster path: its accuracy is in README (kd-ad0, kd-transfer-masked-ad0)")
-        if "kdapp_1ep_int8_teacher" in t:
-            add("train_1ep_int8_teacher", "KD training samples/s, 1 epoch: kdapp with --teacher_precision int8 / "
-                "seed-faithful Trainer", t["kdapp_1ep_int8_teacher"]["train_samples_per_second"] / base,
-                "both with the model's attention dropout; not like-for-like: the int8 teacher's soft targets differ "
-                "from fp32's (README, Accuracy: kd-transfer-masked-tint8)")
+        for key, run, what, note in TRAINING_RATIOS:
+            if run in t:
+                add(key, f"KD training samples/s, 1 epoch: {what} / seed-faithful Trainer",
+                    t[run]["train_samples_per_second"] / base, f"{note}; kdapp's dropout: {_dropout_path(run, t[run])}")
     if "kdapp_2ep_cache" in t and "kdapp_2ep_nocache" in t:
         nc, c = t["kdapp_2ep_nocache"], t["kdapp_2ep_cache"]
         add("cache_2ep", "2 epochs wall time: no cache / logit cache", nc["wall_s"] / c["wall_s"],
