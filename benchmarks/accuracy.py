@@ -130,6 +130,9 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "nokd-s44": ("control: no-KD student, seed 44",
                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, seed=44, **COMMON,
                                **KDAPP_STUDENT)),
+        "kd-masked-s43": ("kd-masked, seed 43",
+                          RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, augment_masked=1,
+                                    augment_mask_prob=0.15, seed=43, **COMMON, **KDAPP_STUDENT)),
         # kdapp's CPU dropout path (the default since it was built): does the faster step cost accuracy?
         "kd-transfer-masked-fastdrop": ("kd-transfer-masked, kdapp's CPU dropout path",
                                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
@@ -253,6 +256,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-transfer-masked-s43", "kd-transfer-masked"), ("nokd-s43", "nokd"), ("nokd-s44", "nokd"),
              ("kd-transfer-masked-s43", "nokd-s43"), ("kd-transfer-masked-s44", "kd-transfer-masked"),
              ("kd-transfer-masked-s44", "nokd-s44"), ("nokd-fastdrop", "nokd"),
+             ("kd-masked-s43", "kd-masked"), ("kd-masked-s43", "nokd-s43"),
              ("kd-transfer-masked-fastdrop", "kd-transfer-masked"), ("kd-transfer-masked-fastdrop", "nokd-fastdrop")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
