@@ -400,7 +400,8 @@ def ratios(report: dict) -> list[dict]:
         for key, run, what, note in TRAINING_RATIOS:
             if run in t:
                 add(key, f"KD training samples/s, 1 epoch: {what} / seed-faithful Trainer",
-                    t[run]["train_samples_per_second"] / base, f"{note}; kdapp's dropout: {_dropout_path(run, t[run])}")
+                    t[run]["train_samples_per_second"] / base,
+                    f"{note}; kdapp's dropout: {_dropout_label(run, t[run])}")
     if "kdapp_2ep_cache" in t and "kdapp_2ep_nocache" in t:
         nc, c = t["kdapp_2ep_nocache"], t["kdapp_2ep_cache"]
         add("cache_2ep", "2 epochs wall time: no cache / logit cache", nc["wall_s"] / c["wall_s"],
@@ -426,7 +427,7 @@ def ratios(report: dict) -> list[dict]:
     return out
 
 
-def _dropout_path(name: str, run: dict) -> str:
+def _dropout_label(name: str, run: dict) -> str:
     if name.startswith("seed_"):
         return "PyTorch"
     return "kdapp CPU" if run.get("fast_dropout", False) else "PyTorch"  # runs timed before the path existed: PyTorch
@@ -458,7 +459,7 @@ def write_report(report: dict, out: Path) -> None:
             dropout = v.get("attention_dropout", "-")
             lines.append(f"| {k} | {v['train_samples_per_second']:.2f} | {v['train_runtime_s']:.1f} | "
                          f"{v.get('wall_s', '-')} | {v.get('cache_s', '-')} | "
-                         f"{'model default (0.1)' if dropout is None else dropout} | {_dropout_path(k, v)} | "
+                         f"{'model default (0.1)' if dropout is None else dropout} | {_dropout_label(k, v)} | "
                          f"{v.get('teacher_precision', 'fp32').replace('auto', 'fp32')} |")
     if report["inference"]:
         lines += ["", "| inference path | reviews/s | accuracy | reviews | size MB |", "|---|---|---|---|---|"]
