@@ -133,6 +133,16 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "kd-masked-s43": ("kd-masked, seed 43",
                           RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, augment_masked=1,
                                     augment_mask_prob=0.15, seed=43, **COMMON, **KDAPP_STUDENT)),
+        "kd-masked-s44": ("kd-masked, seed 44",
+                          RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, augment_masked=1,
+                                    augment_mask_prob=0.15, seed=44, **COMMON, **KDAPP_STUDENT)),
+        # more views of the same labelled reviews for the teacher to label: does KD pay more with them?
+        "kd-masked-x2": ("kdapp: KD student + two masked copies of each labelled review",
+                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, augment_masked=2,
+                                   augment_mask_prob=0.15, **COMMON, **KDAPP_STUDENT)),
+        "nokd-masked-x2": ("control: no-KD student + the same two masked copies, with their reviews' labels",
+                           RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, augment_masked=2,
+                                     augment_mask_prob=0.15, **COMMON, **KDAPP_STUDENT)),
         # kdapp's CPU dropout path (the default since it was built): does the faster step cost accuracy?
         "kd-transfer-masked-fastdrop": ("kd-transfer-masked, kdapp's CPU dropout path",
                                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
@@ -257,6 +267,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-transfer-masked-s43", "nokd-s43"), ("kd-transfer-masked-s44", "kd-transfer-masked"),
              ("kd-transfer-masked-s44", "nokd-s44"), ("nokd-fastdrop", "nokd"),
              ("kd-masked-s43", "kd-masked"), ("kd-masked-s43", "nokd-s43"),
+             ("kd-masked-s44", "kd-masked"), ("kd-masked-s44", "nokd-s44"), ("kd-masked-x2", "nokd"),
+             ("kd-masked-x2", "kd-masked"), ("kd-masked-x2", "nokd-masked-x2"), ("nokd-masked-x2", "nokd"),
              ("kd-transfer-masked-fastdrop", "kd-transfer-masked"), ("kd-transfer-masked-fastdrop", "nokd-fastdrop")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}

@@ -4,9 +4,11 @@ On CPU, PyTorch draws every dropout mask with `bernoulli_`, element by element, 
 `scaled_dot_product_attention` to its unfused path, which writes and re-reads the whole (batch, head, query, key)
 tensor several times. Here:
 
-- masks come from numpy's PCG64 as 16-bit draws, seeded from torch's default generator so that
-  `torch.manual_seed` / `transformers.set_seed` make runs repeatable; an element is kept when its draw is at least
-  round(p * 65536), so p is rounded to a multiple of 1/65536 (0.1 becomes 0.100006);
+- masks come from numpy's PCG64 as 16-bit draws (its raw 64-bit output cut in four), seeded from torch's default
+  generator so that `torch.manual_seed` / `transformers.set_seed` make runs repeatable; an element is kept when its
+  draw is at least round(p * 65536), so p is rounded to a multiple of 1/65536 (0.1 becomes 0.100006). Masks are
+  applied by numpy's multiply, which reads the bool mask as numbers on the fly (PyTorch's first makes a float copy
+  of it), or made as floats in the same pass (0 or the 1 / (1 - p) scale) where the tensor is small;
 - attention with dropout runs block by block (one sample and a few heads at a time, sized to stay in cache), and its
   backward pass recomputes the softmax from q and k instead of storing it (as FlashAttention does), keeping only the
   1-byte keep mask.
@@ -15,6 +17,8 @@ What it computes is the textbook attention: softmax(q k^T * scale + mask) * keep
 of 0 and any device other than CPU go to transformers' own sdpa path unchanged.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -32,25 +36,38 @@ def numpy_generator() -> np.random.Generator:
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
 
+def _kept(shape: tuple[int, ...], p: float, generator: np.random.Generator) -> np.ndarray:
+    """Bool array, True with probability 1 - p: uniform 16-bit draws at least round(p * 65536)."""
+    n = math.prod(shape)
+    draws = generator.bit_generator.random_raw(-(-n // 4)).view(np.uint16)[:n].reshape(shape)
+    return draws >= round(p * (1 << _BITS))
+
+
 def keep_mask(shape: tuple[int, ...], p: float, generator: np.random.Generator) -> torch.Tensor:
     """Bool mask, True with probability 1 - p (p rounded to a multiple of 1/65536)."""
-    draws = generator.integers(0, 1 << _BITS, size=shape, dtype=np.uint16)
-    return torch.from_numpy(draws >= round(p * (1 << _BITS)))
+    return torch.from_numpy(_kept(shape, p, generator))
+
+
+def scaled_keep_mask(shape: tuple[int, ...], p: float, generator: np.random.Generator, value: float = 1.0,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`keep_mask` as numbers: `value` where kept, 0 where dropped (the same draws from the same generator state)."""
+    out = np.empty(shape, np.float32)
+    np.multiply(_kept(shape, p, generator), np.float32(value), out=out)
+    return torch.from_numpy(out).to(dtype)
 
 
 class _MaskedScale(torch.autograd.Function):
-    """x * keep / (1 - p), saving the 1-byte mask for backward instead of a float copy."""
+    """x * mask, where the mask holds 0 or 1 / (1 - p): one multiply each way."""
 
     @staticmethod
-    def forward(ctx, x, keep, scale):
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return x * keep * scale
+    def forward(ctx, x, mask):
+        ctx.save_for_backward(mask)
+        return x * mask
 
     @staticmethod
     def backward(ctx, grad):
-        (keep,) = ctx.saved_tensors
-        return grad * keep * ctx.scale, None, None
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -59,7 +76,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x
     if x.device.type != "cpu" or p >= 1:
         return torch.nn.functional.dropout(x, p, training)
-    return _MaskedScale.apply(x, keep_mask(tuple(x.shape), p, numpy_generator()), 1.0 / (1.0 - p))
+    return _MaskedScale.apply(x, scaled_keep_mask(tuple(x.shape), p, numpy_generator(), 1.0 / (1.0 - p), x.dtype))
 
 
 class FastDropout(torch.nn.Dropout):
@@ -96,10 +113,12 @@ class _BlockAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, bias, p, scale):
         batch, heads, q_len, _ = q.shape
         keep = keep_mask((batch, heads, q_len, k.shape[2]), p, numpy_generator())
+        kept = keep.numpy()
         q_scaled = q * scale
         out = q.new_empty(q.shape[:-1] + v.shape[-1:])
         for b, hs in _blocks(batch, heads, q_len, k.shape[2]):
-            probs = _probs(q_scaled, k, bias, b, hs).mul_(keep[b, hs])
+            probs = _probs(q_scaled, k, bias, b, hs)
+            np.multiply(probs.numpy(), kept[b, hs], out=probs.numpy())  # no float copy of the mask
             torch.matmul(probs, v[b, hs], out=out[b, hs])
         out.mul_(1.0 / (1.0 - p))
         ctx.save_for_backward(q_scaled, k, v, bias, keep, out)
@@ -116,7 +135,7 @@ class _BlockAttention(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(q_scaled), torch.empty_like(k), torch.empty_like(v)
         for b, hs in _blocks(q_scaled.shape[0], q_scaled.shape[1], q_scaled.shape[2], k.shape[2]):
             probs = _probs(q_scaled, k, bias, b, hs)
-            kept = keep[b, hs]
+            kept = keep[b, hs].to(probs.dtype)  # one float copy for its two uses
             grad_scores = torch.matmul(grad_out[b, hs], v[b, hs].transpose(-1, -2)).mul_(kept)
             grad_scores.sub_(delta[b, hs]).mul_(probs)  # dS / (inv * scale)
             torch.matmul(grad_scores, k[b, hs], out=dq[b, hs])
