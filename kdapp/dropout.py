@@ -14,7 +14,8 @@ tensor several times. Here:
   1-byte keep mask.
 
 What it computes is the textbook attention: softmax(q k^T * scale + mask) * keep / (1 - p) @ v. Evaluation, a dropout
-of 0 and any device other than CPU go to transformers' own sdpa path unchanged.
+of 0, any device other than CPU and any dtype other than float32 go to PyTorch's own dropout and transformers' own
+sdpa path unchanged.
 """
 from __future__ import annotations
 
@@ -48,12 +49,12 @@ def keep_mask(shape: tuple[int, ...], p: float, generator: np.random.Generator) 
     return torch.from_numpy(_kept(shape, p, generator))
 
 
-def scaled_keep_mask(shape: tuple[int, ...], p: float, generator: np.random.Generator, value: float = 1.0,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """`keep_mask` as numbers: `value` where kept, 0 where dropped (the same draws from the same generator state)."""
+def scaled_keep_mask(shape: tuple[int, ...], p: float, generator: np.random.Generator,
+                     value: float = 1.0) -> torch.Tensor:
+    """`keep_mask` as float32: `value` where kept, 0 where dropped (the same draws from the same generator state)."""
     out = np.empty(shape, np.float32)
     np.multiply(_kept(shape, p, generator), np.float32(value), out=out)
-    return torch.from_numpy(out).to(dtype)
+    return torch.from_numpy(out)
 
 
 class _MaskedScale(torch.autograd.Function):
@@ -71,12 +72,12 @@ class _MaskedScale(torch.autograd.Function):
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """Like torch.nn.functional.dropout; the fast mask on CPU, PyTorch's own elsewhere."""
+    """Like torch.nn.functional.dropout; the fast mask for float32 on CPU, PyTorch's own elsewhere."""
     if not training or p == 0:
         return x
-    if x.device.type != "cpu" or p >= 1:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or p >= 1:
         return torch.nn.functional.dropout(x, p, training)
-    return _MaskedScale.apply(x, scaled_keep_mask(tuple(x.shape), p, numpy_generator(), 1.0 / (1.0 - p), x.dtype))
+    return _MaskedScale.apply(x, scaled_keep_mask(tuple(x.shape), p, numpy_generator(), 1.0 / (1.0 - p)))
 
 
 class FastDropout(torch.nn.Dropout):

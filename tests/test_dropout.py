@@ -57,8 +57,8 @@ def test_keep_mask_drops_p_of_the_elements_and_follows_torch_seed():
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert abs((~first).float().mean().item() - 0.1) < 0.005  # 200,000 draws: 5 standard deviations is 0.0034
     torch.manual_seed(5)  # the numeric mask: the same draws, as 0 or the given value
-    scaled = kd.scaled_keep_mask((400, 500), 0.1, kd.numpy_generator(), 2.5, torch.float64)
-    assert scaled.dtype == torch.float64 and torch.equal(scaled, first.double() * 2.5)
+    scaled = kd.scaled_keep_mask((400, 500), 0.1, kd.numpy_generator(), 2.5)
+    assert scaled.dtype == torch.float32 and torch.equal(scaled, first.float() * 2.5)
 
 
 def test_fast_dropout_scales_the_kept_elements_and_its_gradient():
@@ -70,6 +70,8 @@ def test_fast_dropout_scales_the_kept_elements_and_its_gradient():
     y.sum().backward()
     assert torch.equal(x.grad != 0, kept)  # no gradient through a dropped element
     assert kd.dropout(x, 0.25, training=False) is x and kd.dropout(x, 0.0) is x
+    bf16 = torch.ones(50, 40, dtype=torch.bfloat16)  # other dtypes: PyTorch's dropout, dtype kept
+    assert kd.dropout(bf16, 0.25).dtype == torch.bfloat16
 
 
 def _bert(seed=0):
