@@ -59,10 +59,10 @@ class RunConfig:
                                                "(default: the model's own, 0.1 for BERT and DistilBERT). 0 keeps "
                                                "PyTorch's fused attention kernel on CPU: faster steps, but a recipe "
                                                "change (README: Speed, and its accuracy).")
-    fast_dropout: bool = _f(True, "CPU training: draw dropout masks with numpy's PCG64 and run attention with "
-                                  "dropout block by block (kdapp/dropout.py): the same Bernoulli masks, p rounded to "
-                                  "1/65536; one KD epoch took 324 s instead of 401 s on 2 cores (README: Speed). False: "
-                                  "PyTorch's own.")
+    fast_dropout: bool = _f(True, "CPU float32 training: draw dropout masks with numpy's PCG64 and run attention "
+                                  "with dropout block by block (kdapp/dropout.py): the same Bernoulli masks, p rounded "
+                                  "to 1/65536; one KD epoch took 333 s instead of 401 s on 2 cores (README: Speed). "
+                                  "False: PyTorch's own.")
     # distillation
     alpha: float = _f(0.5, "Weight on CE(y, s); (1 - alpha) goes to T^2 * KL. alpha=1 is the no-KD student.",
                       kinds="distill")
