@@ -80,6 +80,10 @@ class RunConfig:
                                 "random (Tang et al. 2019), KD-only rows labelled by the teacher (with alpha=1, "
                                 "no teacher: by the review's label).", kinds="distill")
     augment_mask_prob: float = _f(0.15, "Share of a masked copy's tokens replaced by [MASK].", kinds="distill")
+    mixup_alpha: float = _f(0.0, "Mixup (MixKD, Liang et al. 2021): every step also trains on the batch's reviews "
+                                 "mixed in pairs at the word embeddings, lam ~ Beta(a, a); the teacher labels each "
+                                 "mix on the fly (KD term only; with alpha=1, no teacher: the mixed labels' CE). "
+                                 "0: off; 0.4 is mixup's usual a.", kinds="distill")
     cache_teacher_logits: bool = _f(False, "Compute the teacher's logits once and reuse them every epoch.",
                                     kinds="distill")
     teacher_max_length: int | None = _f(None, "Tokens the teacher reads when it labels the training rows for the "
@@ -148,6 +152,8 @@ class RunConfig:
         for name in ("augment_windows", "augment_masked"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0 (0: off), got {self.mixup_alpha}")
         if not 0 < self.augment_mask_prob < 1:
             raise ValueError(f"augment_mask_prob must be in (0, 1), got {self.augment_mask_prob}")
         if self.alpha == 1.0 and (self.transfer_data or self.hidden_loss != "none" or self.augment_windows):

@@ -1,7 +1,10 @@
 """Knowledge distillation: pure loss functions and a thin Trainer subclass that runs the teacher on the fly.
 
 loss = alpha * CE(y, s) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))  [+ beta * hidden-state loss]
+                                                                                    [+ mixup term]
 Rows labelled -100 (a transfer set of unlabelled reviews) contribute the KD term only.
+Mixup (MixKD, Liang et al. 2021): each step also trains on the batch's reviews mixed in pairs at the word embeddings;
+the teacher labels each mix (KD term only); a no-KD student (alpha = 1) gets the mix of the two labels instead.
 """
 from __future__ import annotations
 
@@ -34,6 +37,24 @@ def distillation_loss(student_logits, teacher_logits, labels, alpha: float = 0.5
         return ce, ce, torch.zeros_like(ce)
     kd = kd_term(student_logits, teacher_logits, temperature)
     return alpha * ce + (1 - alpha) * kd, ce, kd
+
+
+def mix_pairs(embeddings: torch.Tensor, attention_mask: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor):
+    """lam * e + (1 - lam) * e[perm] per row (embeddings (B, L, H), lam (B,)); the mask covers the tokens of both."""
+    lam = lam.to(embeddings.dtype).view(-1, 1, 1)
+    mixed = lam * embeddings + (1 - lam) * embeddings[perm]
+    return mixed, torch.maximum(attention_mask, attention_mask[perm])
+
+
+def mixed_label_ce(student_logits: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor):
+    """lam * CE(s, y) + (1 - lam) * CE(s, y[perm]), averaged over the pairs whose two rows are labelled."""
+    both = (labels != IGNORE) & (labels[perm] != IGNORE)
+    if not both.any():
+        return student_logits.sum() * 0.0
+    logits, lam = student_logits[both].float(), lam[both].float()
+    ce = lam * F.cross_entropy(logits, labels[both], reduction="none")
+    ce = ce + (1 - lam) * F.cross_entropy(logits, labels[perm][both], reduction="none")
+    return ce.mean()
 
 
 def hidden_state_loss(student_hidden, teacher_hidden, attention_mask, kind: str = "cosine") -> torch.Tensor:
@@ -71,15 +92,16 @@ class DistillationTrainer(Trainer):
 
     def __init__(self, *args, teacher=None, alpha: float = 0.5, temperature: float = 2.0,
                  hidden_loss: str = "none", hidden_loss_weight: float = 1.0, logit_cache: torch.Tensor | None = None,
-                 teacher_dtype: torch.dtype | None = None, **kwargs):
+                 teacher_dtype: torch.dtype | None = None, mixup_alpha: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.alpha, self.temperature = alpha, temperature
         self.hidden_loss, self.hidden_loss_weight = hidden_loss, hidden_loss_weight
         self.logit_cache = logit_cache  # (N, num_labels) float tensor indexed by the dataset's `idx` column
+        self.mixup_alpha = mixup_alpha  # > 0: a mixed batch per step, lam ~ Beta(mixup_alpha, mixup_alpha)
         self.teacher = None
-        if teacher is not None and alpha < 1.0 and (logit_cache is None or hidden_loss != "none"):
+        if teacher is not None and alpha < 1.0 and (logit_cache is None or hidden_loss != "none" or mixup_alpha > 0):
             self.teacher = teacher.to(device=self.args.device, dtype=teacher_dtype).eval().requires_grad_(False)
-        self._parts = {"loss_ce": [], "loss_kd": [], "loss_hidden": []}
+        self._parts = {"loss_ce": [], "loss_kd": [], "loss_hidden": [], "loss_mix": []}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -107,9 +129,29 @@ class DistillationTrainer(Trainer):
                                     inputs["attention_mask"], self.hidden_loss)
             loss = loss + self.hidden_loss_weight * hid
             self._parts["loss_hidden"].append(hid.detach())
+        if self.mixup_alpha > 0:
+            mix = self._mixup_term(model, inputs, labels)
+            loss = loss + mix
+            self._parts["loss_mix"].append(mix.detach())
         self._parts["loss_ce"].append(ce.detach())
         self._parts["loss_kd"].append(kd.detach())
         return (loss, outputs) if return_outputs else loss
+
+    def _mixup_term(self, model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+        """The batch's reviews mixed in pairs: (1 - alpha) * KD against the teacher on the same mix (the same pairs
+        and lam in its own embeddings), or, for the no-KD student (alpha = 1), the mixed labels' CE."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        perm = torch.randperm(len(ids), device=ids.device)
+        lam = torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample((len(ids),)).to(ids.device)
+        rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}  # token_type_ids
+        embeds, mixed_mask = mix_pairs(model.get_input_embeddings()(ids), mask, perm, lam)
+        logits = model(inputs_embeds=embeds, attention_mask=mixed_mask, **rest).logits
+        if self.alpha == 1.0:
+            return mixed_label_ce(logits, labels, perm, lam)
+        with torch.no_grad():
+            t_embeds, _ = mix_pairs(self.teacher.get_input_embeddings()(ids), mask, perm, lam)
+            t_logits = self.teacher(inputs_embeds=t_embeds, attention_mask=mixed_mask, **rest).logits
+        return (1 - self.alpha) * kd_term(logits, t_logits, self.temperature)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         """Adds the mean CE, KD (and hidden) parts since the last log to every training log line."""

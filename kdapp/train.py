@@ -138,7 +138,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
                            + list(teacher_ids[len(train_rows):]))
         cache, cache_hit = teacher_logits(teacher, teacher_ids, tokenizer.pad_token_id or 0,
                                           cfg.per_device_eval_batch_size, fingerprint=fingerprint)
-        if cfg.hidden_loss == "none":  # the cache replaces the teacher during training: free its memory
+        if cfg.hidden_loss == "none" and not cfg.mixup_alpha:  # the cache replaces the teacher: free its memory
             teacher.to("cpu")
     args = _training_args(cfg, out, remove_unused_columns=False)
     trainer = DistillationTrainer(
@@ -146,14 +146,16 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=trainer_metrics, callbacks=callbacks,
         teacher=teacher, alpha=cfg.alpha, temperature=cfg.temperature, hidden_loss=cfg.hidden_loss,
         hidden_loss_weight=cfg.hidden_loss_weight, logit_cache=cache,
-        teacher_dtype=_half_dtype(args) if use_cuda and cfg.teacher_precision == "auto" else None)
+        teacher_dtype=_half_dtype(args) if use_cuda and cfg.teacher_precision == "auto" else None,
+        mixup_alpha=cfg.mixup_alpha)
     meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows, "transfer_rows": transfer_rows,
             "augment_rows": augment_rows, "augment_targets": "labels" if cfg.alpha == 1.0 else "teacher",
             "student_layer_map": layer_map, "teacher_logits_cached": cache is not None,
             "teacher_logits_cache_hit": cache_hit, "max_length_effective": max_length,
             "teacher_max_length_effective": teacher_length if cfg.alpha < 1.0 else None,
             "teacher_precision_effective": _teacher_precision(cfg, use_cuda),
-            "teacher_params": teacher_params, "dropout_path": dropout_path}
+            "teacher_params": teacher_params, "dropout_path": dropout_path,
+            "mixup_targets": None if not cfg.mixup_alpha else "labels" if cfg.alpha == 1.0 else "teacher"}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
 
 

@@ -8,7 +8,7 @@ from transformers import DataCollatorWithPadding, TrainingArguments
 from conftest import make_reviews, tiny_bert, tiny_distilbert
 from kdapp.cache import teacher_logits
 from kdapp.distill import (IGNORE, DistillationTrainer, ce_term, distillation_loss, hidden_layer_pairs,
-                           hidden_state_loss, kd_term)
+                           hidden_state_loss, kd_term, mix_pairs, mixed_label_ce)
 from kdapp.encoding import tokenize_dataset
 
 
@@ -233,3 +233,67 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer):
 
     one_batch, accumulated = run(8, 1), run(4, 2)
     assert torch.allclose(one_batch, accumulated, atol=1e-5)
+
+
+# ---------------------------------------------------------------- mixup (MixKD)
+def test_mix_pairs_interpolates_embeddings_and_joins_the_masks():
+    emb = torch.randn(3, 4, 5)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    perm = torch.tensor([1, 2, 0])
+    mixed, joined = mix_pairs(emb, mask, perm, torch.tensor([1.0, 0.0, 0.25]))
+    assert torch.equal(mixed[0], emb[0]) and torch.equal(mixed[1], emb[2])  # lam 1: the row; lam 0: its partner
+    assert torch.allclose(mixed[2], 0.25 * emb[2] + 0.75 * emb[0])
+    assert joined.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]]  # the tokens of both rows
+
+
+def test_mixed_label_ce_weights_both_labels_and_skips_unlabelled_pairs():
+    logits, labels = _logits(2, n=4), torch.tensor([0, 1, IGNORE, 1])
+    perm, lam = torch.tensor([1, 0, 3, 2]), torch.tensor([0.3, 1.0, 0.5, 0.5])
+    ce = lambda i, y: F.cross_entropy(logits[i:i + 1], torch.tensor([y]))  # noqa: E731
+    want = (0.3 * ce(0, 0) + 0.7 * ce(0, 1) + ce(1, 1)) / 2  # rows 2 and 3 pair with an unlabelled row
+    assert torch.allclose(mixed_label_ce(logits, labels, perm, lam), want)
+    assert mixed_label_ce(logits, torch.full((4,), IGNORE), perm, lam).item() == 0.0
+
+
+def _no_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def test_mixup_kd_term_uses_the_same_mix_for_teacher_and_student(tmp_path, tokenizer):
+    """A student identical to the teacher gives a zero KD term on the mix: both saw the same pairs and lam."""
+    teacher = _no_dropout(confident_teacher(seed=3))
+    batch = DataCollatorWithPadding(tokenizer)([_train_ds(tokenizer)[i] for i in range(8)])
+    losses = {}
+    for name, student in (("same", _no_dropout(confident_teacher(seed=3))), ("other", _no_dropout(tiny_bert(seed=4)))):
+        trainer = _trainer(tmp_path, tokenizer, teacher, student=student, alpha=0.5, mixup_alpha=1.0)
+        student.train()
+        torch.manual_seed(0)
+        trainer.compute_loss(student, batch)
+        losses[name] = trainer._parts["loss_mix"][0].item()
+    assert losses["same"] == pytest.approx(0.0, abs=1e-6) and losses["other"] > 0.01
+
+
+def test_mixup_keeps_the_teacher_beside_a_logit_cache_and_logs_its_part(tmp_path, tokenizer):
+    teacher = confident_teacher(seed=11)
+    ds = _train_ds(tokenizer)
+    cache, _ = teacher_logits(teacher, ds["input_ids"], tokenizer.pad_token_id, cache_dir=tmp_path / "cache")
+    trainer = _trainer(tmp_path, tokenizer, teacher, alpha=0.5, logit_cache=cache, mixup_alpha=0.4)
+    assert trainer.teacher is not None  # the mixes are new inputs: the cache cannot label them
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 3
+    for h in logs:
+        assert h["loss_mix"] > 0
+        assert h["loss"] == pytest.approx(0.5 * h["loss_ce"] + 0.5 * h["loss_kd"] + h["loss_mix"], abs=2e-3)
+
+
+def test_no_kd_mixup_trains_on_mixed_labels_without_a_teacher(tmp_path, tokenizer):
+    trainer = _trainer(tmp_path, tokenizer, tiny_bert(layers=2), alpha=1.0, max_steps=2, mixup_alpha=0.4)
+    assert trainer.teacher is None
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs and all(h["loss_kd"] == 0.0 and h["loss_mix"] > 0 for h in logs)
+    assert all(h["loss"] == pytest.approx(h["loss_ce"] + h["loss_mix"], abs=2e-3) for h in logs)

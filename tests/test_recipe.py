@@ -154,3 +154,16 @@ def test_no_kd_options_turn_any_kd_config_into_a_valid_no_kd_one():
         dataclasses.replace(kd, alpha=1.0)
     nokd = dataclasses.replace(kd, alpha=1.0, **NO_KD_OPTIONS)
     assert (nokd.teacher_max_length, nokd.teacher_precision, nokd.transfer_data) == (None, "auto", None)
+
+
+def test_no_kd_mixup_control_runs_without_a_teacher(tmp_path, teacher_dir, reviews_parquet):
+    _teacher(tmp_path, teacher_dir, reviews_parquet)
+    cfg = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher", alpha=1.0,
+                    data=str(reviews_parquet), max_length=16, max_steps=2, mixup_alpha=0.4, eval_strategy="no",
+                    output_dir=str(tmp_path / "nokd-mixup"))
+    result = distill_student(cfg)
+    meta = json.loads((tmp_path / "nokd-mixup" / "run_config.json").read_text())["meta"]
+    assert result.status == "done" and meta["mixup_targets"] == "labels"
+    assert all(h["loss_mix"] > 0 for h in result.log_history if "loss" in h)
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        RunConfig(kind="distill", teacher="t", mixup_alpha=-0.5)

@@ -114,6 +114,10 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                                          label="Teacher precision", elem_id="distill_teacher_precision",
                                          info="auto: half on a GPU, fp32 on CPU; int8: a faster CPU teacher, but it changes "
                                               "the soft targets (README)")
+            mixup_alpha = gr.Number(DEFAULTS.mixup_alpha, label="Mixup a (MixKD; 0 = off, 0.4 = mixup's usual)",
+                                    info="each step also trains on the batch's reviews mixed in pairs, labelled by "
+                                         "the teacher on the fly (README: Accuracy)",
+                                    elem_id="distill_mixup_alpha")
             run_name = gr.Textbox("", label="Run name (empty = automatic)")
     password = password_box(ctx, "distill")
     with gr.Row():
@@ -126,7 +130,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
     form = [teacher, student_source, student, student_layers, data, max_train, max_eval, epochs, lr, batch,
             max_length, warmup, alpha, temperature, also_nokd, wandb, truncation, transfer_data, transfer_samples,
             hidden_loss, hidden_loss_weight, cache_logits, augment, augment_masked, max_steps, logging_steps,
-            eval_strategy, seed, threads, run_name, attention_dropout, teacher_max_length, teacher_precision]
+            eval_strategy, seed, threads, run_name, attention_dropout, teacher_max_length, teacher_precision,
+            mixup_alpha]
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
@@ -134,7 +139,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                       also_nokd, use_wandb, truncation, transfer_data, transfer_samples, hidden_loss,
                       hidden_loss_weight, cache_teacher_logits, augment_windows, augment_masked, max_steps,
                       logging_steps, eval_strategy, seed, num_threads, run_name, attention_dropout=None,
-                      teacher_max_length=None, teacher_precision="auto", password=""):
+                      teacher_max_length=None, teacher_precision="auto", mixup_alpha=0.0, password=""):
         """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
         ctx.unlock(password)
         from_teacher = student_source != OTHER_LABEL
@@ -155,7 +160,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             max_steps=as_int(max_steps) or -1, logging_steps=as_int(logging_steps, False) or 0,
             eval_strategy=eval_strategy, seed=as_int(seed, False) or 0, num_threads=as_int(num_threads),
             run_name=(run_name or "").strip() or None, attention_dropout=as_float(attention_dropout),
-            teacher_max_length=as_int(teacher_max_length), teacher_precision=teacher_precision or "auto")
+            teacher_max_length=as_int(teacher_max_length), teacher_precision=teacher_precision or "auto",
+            mixup_alpha=as_float(mixup_alpha) or 0.0)
         cfg = build_config("distill", ctx.root, **values)
         stages = [Stage("KD student" if cfg.alpha < 1 else "no-KD student", distill_student, cfg)]
         if also_nokd and cfg.alpha < 1:
