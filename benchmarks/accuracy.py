@@ -282,7 +282,9 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-masked-s43", "kd-masked"), ("kd-masked-s43", "nokd-s43"),
              ("kd-masked-s44", "kd-masked"), ("kd-masked-s44", "nokd-s44"), ("kd-masked-x2", "nokd"),
              ("kd-masked-x2", "kd-masked"),
-             ("kd-transfer-masked-fastdrop", "kd-transfer-masked"), ("kd-transfer-masked-fastdrop", "nokd-fastdrop")]
+             ("kd-transfer-masked-fastdrop", "kd-transfer-masked"), ("kd-transfer-masked-fastdrop", "nokd-fastdrop"),
+             ("kd-mixup", "nokd"), ("kd-mixup", "nokd-mixup"), ("nokd-mixup", "nokd"), ("kd-mixup", "kd-masked"),
+             ("kd-mixup-s43", "nokd-s43"), ("kd-mixup-s44", "nokd-s44")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
 
@@ -305,7 +307,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
         for base, v in spread.items():
             lines.append(f"- {base}: " + ", ".join(f"{100 * a:.2f} % (seed {sd})" for sd, a in v["runs"])
                          + f"; mean {100 * v['mean']:.2f} %, range {100 * v['range']:.2f} points")
-        for recipe in ("kd-masked", "kd-transfer-masked"):
+        for recipe in ("kd-masked", "kd-mixup", "kd-transfer-masked"):
             if {recipe, "nokd"} <= spread.keys():
                 gap = spread[recipe]["mean"] - spread["nokd"]["mean"]
                 lines.append(f"- {recipe} - nokd, mean over seeds: {100 * gap:+.2f} points")
