@@ -150,12 +150,16 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "nokd-mixup": ("control: no-KD student + the same mixing, with the mixed labels",
                        RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, mixup_alpha=0.4, **COMMON,
                                  **KDAPP_STUDENT)),
-        "kd-mixup-s43": ("kd-mixup, seed 43",
-                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, mixup_alpha=0.4, seed=43,
-                                   **COMMON, **KDAPP_STUDENT)),
-        "kd-mixup-s44": ("kd-mixup, seed 44",
-                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, mixup_alpha=0.4, seed=44,
-                                   **COMMON, **KDAPP_STUDENT)),
+        # the teacher's hidden states on its own training reviews: more than its (near one-hot) outputs there?
+        "kd-hidden": ("kdapp: KD student + cosine loss on the mapped hidden states, labelled reviews only",
+                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, hidden_loss="cosine", **COMMON,
+                                **KDAPP_STUDENT)),
+        "kd-hidden-s43": ("kd-hidden, seed 43",
+                          RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, hidden_loss="cosine", seed=43,
+                                    **COMMON, **KDAPP_STUDENT)),
+        "kd-hidden-s44": ("kd-hidden, seed 44",
+                          RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, hidden_loss="cosine", seed=44,
+                                    **COMMON, **KDAPP_STUDENT)),
         # kdapp's CPU dropout path (the default since it was built): does the faster step cost accuracy?
         "kd-transfer-masked-fastdrop": ("kd-transfer-masked, kdapp's CPU dropout path",
                                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
@@ -283,8 +287,9 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-masked-s44", "kd-masked"), ("kd-masked-s44", "nokd-s44"), ("kd-masked-x2", "nokd"),
              ("kd-masked-x2", "kd-masked"),
              ("kd-transfer-masked-fastdrop", "kd-transfer-masked"), ("kd-transfer-masked-fastdrop", "nokd-fastdrop"),
-             ("kd-mixup", "nokd"), ("kd-mixup", "nokd-mixup"), ("nokd-mixup", "nokd"), ("kd-mixup", "kd-masked"),
-             ("kd-mixup-s43", "nokd-s43"), ("kd-mixup-s44", "nokd-s44")]
+             ("kd-mixup", "nokd"), ("kd-mixup", "nokd-mixup"), ("nokd-mixup", "nokd"), ("kd-mixup", "kd"),
+             ("kd-hidden", "nokd"), ("kd-hidden", "kd"), ("kd-hidden-s43", "nokd-s43"),
+             ("kd-hidden-s44", "nokd-s44")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
 
@@ -307,7 +312,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
         for base, v in spread.items():
             lines.append(f"- {base}: " + ", ".join(f"{100 * a:.2f} % (seed {sd})" for sd, a in v["runs"])
                          + f"; mean {100 * v['mean']:.2f} %, range {100 * v['range']:.2f} points")
-        for recipe in ("kd-masked", "kd-mixup", "kd-transfer-masked"):
+        for recipe in ("kd-masked", "kd-hidden", "kd-transfer-masked"):
             if {recipe, "nokd"} <= spread.keys():
                 gap = spread[recipe]["mean"] - spread["nokd"]["mean"]
                 lines.append(f"- {recipe} - nokd, mean over seeds: {100 * gap:+.2f} points")

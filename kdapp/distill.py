@@ -98,6 +98,8 @@ class DistillationTrainer(Trainer):
         self.hidden_loss, self.hidden_loss_weight = hidden_loss, hidden_loss_weight
         self.logit_cache = logit_cache  # (N, num_labels) float tensor indexed by the dataset's `idx` column
         self.mixup_alpha = mixup_alpha  # > 0: a mixed batch per step, lam ~ Beta(mixup_alpha, mixup_alpha)
+        if mixup_alpha > 0 and alpha < 1.0 and teacher is None:
+            raise ValueError("mixup with alpha < 1 needs the teacher: it labels each mix on the fly (no cache can)")
         self.teacher = None
         if teacher is not None and alpha < 1.0 and (logit_cache is None or hidden_loss != "none" or mixup_alpha > 0):
             self.teacher = teacher.to(device=self.args.device, dtype=teacher_dtype).eval().requires_grad_(False)

@@ -282,6 +282,8 @@ def test_mixup_keeps_the_teacher_beside_a_logit_cache_and_logs_its_part(tmp_path
     cache, _ = teacher_logits(teacher, ds["input_ids"], tokenizer.pad_token_id, cache_dir=tmp_path / "cache")
     trainer = _trainer(tmp_path, tokenizer, teacher, alpha=0.5, logit_cache=cache, mixup_alpha=0.4)
     assert trainer.teacher is not None  # the mixes are new inputs: the cache cannot label them
+    with pytest.raises(ValueError, match="needs the teacher"):
+        _trainer(tmp_path, tokenizer, None, alpha=0.5, logit_cache=cache, mixup_alpha=0.4)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 3
