@@ -84,6 +84,11 @@ class RunConfig:
                                  "mixed in pairs at the word embeddings, lam ~ Beta(a, a); the teacher labels each "
                                  "mix on the fly (KD term only; with alpha=1, no teacher: the mixed labels' CE). "
                                  "0: off; 0.4 is mixup's usual a.", kinds="distill")
+    online_mask_prob: float = _f(0.0, "Online masking (consistent teaching, Beyer et al. 2022): every step also "
+                                      "trains on the batch with fresh [MASK] tokens at this rate, labelled by the "
+                                      "teacher on the same masked input, on the fly (KD term only; with alpha=1, no "
+                                      "teacher: by the review's label). New masks every step and epoch, unlike "
+                                      "--augment_masked's fixed copies. 0: off.", kinds="distill")
     cache_teacher_logits: bool = _f(False, "Compute the teacher's logits once and reuse them every epoch.",
                                     kinds="distill")
     teacher_max_length: int | None = _f(None, "Tokens the teacher reads when it labels the training rows for the "
@@ -154,6 +159,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mixup_alpha < 0:
             raise ValueError(f"mixup_alpha must be >= 0 (0: off), got {self.mixup_alpha}")
+        if not 0 <= self.online_mask_prob < 1:
+            raise ValueError(f"online_mask_prob must be in [0, 1) (0: off), got {self.online_mask_prob}")
         if not 0 < self.augment_mask_prob < 1:
             raise ValueError(f"augment_mask_prob must be in (0, 1), got {self.augment_mask_prob}")
         if self.alpha == 1.0 and (self.transfer_data or self.hidden_loss != "none" or self.augment_windows):

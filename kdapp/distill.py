@@ -1,10 +1,12 @@
 """Knowledge distillation: pure loss functions and a thin Trainer subclass that runs the teacher on the fly.
 
 loss = alpha * CE(y, s) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))  [+ beta * hidden-state loss]
-                                                                                    [+ mixup term]
+                                                                      [+ mixup term] [+ masked-view term]
 Rows labelled -100 (a transfer set of unlabelled reviews) contribute the KD term only.
 Mixup (MixKD, Liang et al. 2021): each step also trains on the batch's reviews mixed in pairs at the word embeddings;
 the teacher labels each mix (KD term only); a no-KD student (alpha = 1) gets the mix of the two labels instead.
+Online masking (consistent teaching, Beyer et al. 2022): each step also trains on the batch with fresh [MASK] tokens,
+labelled by the teacher on the same masked input (a no-KD student: by the review's label).
 """
 from __future__ import annotations
 
@@ -92,18 +94,28 @@ class DistillationTrainer(Trainer):
 
     def __init__(self, *args, teacher=None, alpha: float = 0.5, temperature: float = 2.0,
                  hidden_loss: str = "none", hidden_loss_weight: float = 1.0, logit_cache: torch.Tensor | None = None,
-                 teacher_dtype: torch.dtype | None = None, mixup_alpha: float = 0.0, **kwargs):
+                 teacher_dtype: torch.dtype | None = None, mixup_alpha: float = 0.0, online_mask_prob: float = 0.0,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.alpha, self.temperature = alpha, temperature
         self.hidden_loss, self.hidden_loss_weight = hidden_loss, hidden_loss_weight
         self.logit_cache = logit_cache  # (N, num_labels) float tensor indexed by the dataset's `idx` column
-        self.mixup_alpha = mixup_alpha  # > 0: a mixed batch per step, lam ~ Beta(mixup_alpha, mixup_alpha)
-        if mixup_alpha > 0 and alpha < 1.0 and teacher is None:
-            raise ValueError("mixup with alpha < 1 needs the teacher: it labels each mix on the fly (no cache can)")
+        # views of each batch made on the fly (new inputs every step: the teacher labels them, no cache can)
+        self.mixup_alpha = mixup_alpha  # > 0: the batch mixed in pairs, lam ~ Beta(mixup_alpha, mixup_alpha)
+        self.online_mask_prob = online_mask_prob  # > 0: the batch with fresh [MASK] tokens at this rate
+        views = mixup_alpha > 0 or online_mask_prob > 0
+        if views and alpha < 1.0 and teacher is None:
+            raise ValueError("mixup and online masking with alpha < 1 need the teacher: it labels each new view on "
+                             "the fly (no cache can)")
+        if online_mask_prob > 0:
+            tok = self.processing_class
+            if getattr(tok, "mask_token_id", None) is None:
+                raise ValueError("online_mask_prob needs a tokenizer (processing_class) with a [MASK] token")
+            self._keep_ids = torch.tensor(sorted(tok.all_special_ids), device=self.args.device)
         self.teacher = None
-        if teacher is not None and alpha < 1.0 and (logit_cache is None or hidden_loss != "none" or mixup_alpha > 0):
+        if teacher is not None and alpha < 1.0 and (logit_cache is None or hidden_loss != "none" or views):
             self.teacher = teacher.to(device=self.args.device, dtype=teacher_dtype).eval().requires_grad_(False)
-        self._parts = {"loss_ce": [], "loss_kd": [], "loss_hidden": [], "loss_mix": []}
+        self._parts = {"loss_ce": [], "loss_kd": [], "loss_hidden": [], "loss_mix": [], "loss_masked": []}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -132,28 +144,50 @@ class DistillationTrainer(Trainer):
             loss = loss + self.hidden_loss_weight * hid
             self._parts["loss_hidden"].append(hid.detach())
         if self.mixup_alpha > 0:
-            mix = self._mixup_term(model, inputs, labels)
+            mix = self._view_term(model, *self._mixed_view(model, inputs, labels))
             loss = loss + mix
             self._parts["loss_mix"].append(mix.detach())
+        if self.online_mask_prob > 0:
+            masked = dict(inputs, input_ids=self._masked_ids(inputs))
+            masked_term = self._view_term(model, masked, masked, lambda logits: ce_term(logits, labels))
+            loss = loss + masked_term
+            self._parts["loss_masked"].append(masked_term.detach())
         self._parts["loss_ce"].append(ce.detach())
         self._parts["loss_kd"].append(kd.detach())
         return (loss, outputs) if return_outputs else loss
 
-    def _mixup_term(self, model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
-        """The batch's reviews mixed in pairs: (1 - alpha) * KD against the teacher on the same mix (the same pairs
-        and lam in its own embeddings), or, for the no-KD student (alpha = 1), the mixed labels' CE."""
+    def _view_term(self, model, student_inputs: dict, teacher_inputs: dict, label_loss) -> torch.Tensor:
+        """The loss on a view made on the fly: (1 - alpha) * KD against the teacher on the same view, or for the
+        no-KD student (alpha = 1) label_loss(student logits)."""
+        logits = model(**student_inputs).logits
+        if self.alpha == 1.0:
+            return label_loss(logits)
+        with torch.no_grad():
+            t_logits = self.teacher(**teacher_inputs).logits
+        return (1 - self.alpha) * kd_term(logits, t_logits, self.temperature)
+
+    def _mixed_view(self, model, inputs: dict, labels: torch.Tensor):
+        """The batch's reviews mixed in pairs at the word embeddings, each model in its own embeddings with the same
+        pairs and lam; the no-KD student's loss is the mixed labels' CE."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         perm = torch.randperm(len(ids), device=ids.device)
         lam = torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample((len(ids),)).to(ids.device)
         rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}  # token_type_ids
         embeds, mixed_mask = mix_pairs(model.get_input_embeddings()(ids), mask, perm, lam)
-        logits = model(inputs_embeds=embeds, attention_mask=mixed_mask, **rest).logits
-        if self.alpha == 1.0:
-            return mixed_label_ce(logits, labels, perm, lam)
-        with torch.no_grad():
-            t_embeds, _ = mix_pairs(self.teacher.get_input_embeddings()(ids), mask, perm, lam)
-            t_logits = self.teacher(inputs_embeds=t_embeds, attention_mask=mixed_mask, **rest).logits
-        return (1 - self.alpha) * kd_term(logits, t_logits, self.temperature)
+        teacher_inputs = None
+        if self.alpha < 1.0:
+            with torch.no_grad():
+                t_embeds, _ = mix_pairs(self.teacher.get_input_embeddings()(ids), mask, perm, lam)
+            teacher_inputs = dict(rest, inputs_embeds=t_embeds, attention_mask=mixed_mask)
+        return (dict(rest, inputs_embeds=embeds, attention_mask=mixed_mask), teacher_inputs,
+                lambda logits: mixed_label_ce(logits, labels, perm, lam))
+
+    def _masked_ids(self, inputs: dict) -> torch.Tensor:
+        """input_ids with fresh [MASK] tokens: each real, non-special token with probability online_mask_prob."""
+        ids = inputs["input_ids"]
+        hit = torch.rand(ids.shape, device=ids.device) < self.online_mask_prob
+        hit &= inputs["attention_mask"].bool() & ~torch.isin(ids, self._keep_ids)
+        return ids.masked_fill(hit, self.processing_class.mask_token_id)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         """Adds the mean CE, KD (and hidden) parts since the last log to every training log line."""

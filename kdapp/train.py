@@ -138,7 +138,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
                            + list(teacher_ids[len(train_rows):]))
         cache, cache_hit = teacher_logits(teacher, teacher_ids, tokenizer.pad_token_id or 0,
                                           cfg.per_device_eval_batch_size, fingerprint=fingerprint)
-        if cfg.hidden_loss == "none" and not cfg.mixup_alpha:  # the cache replaces the teacher: free its memory
+        if cfg.hidden_loss == "none" and not (cfg.mixup_alpha or cfg.online_mask_prob):  # no on-the-fly use
             teacher.to("cpu")
     args = _training_args(cfg, out, remove_unused_columns=False)
     trainer = DistillationTrainer(
@@ -147,7 +147,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         teacher=teacher, alpha=cfg.alpha, temperature=cfg.temperature, hidden_loss=cfg.hidden_loss,
         hidden_loss_weight=cfg.hidden_loss_weight, logit_cache=cache,
         teacher_dtype=_half_dtype(args) if use_cuda and cfg.teacher_precision == "auto" else None,
-        mixup_alpha=cfg.mixup_alpha)
+        mixup_alpha=cfg.mixup_alpha, online_mask_prob=cfg.online_mask_prob)
     meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows, "transfer_rows": transfer_rows,
             "augment_rows": augment_rows, "augment_targets": "labels" if cfg.alpha == 1.0 else "teacher",
             "student_layer_map": layer_map, "teacher_logits_cached": cache is not None,
@@ -155,11 +155,17 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
             "teacher_max_length_effective": teacher_length if cfg.alpha < 1.0 else None,
             "teacher_precision_effective": _teacher_precision(cfg, use_cuda),
             "teacher_params": teacher_params, "dropout_path": dropout_path,
-            "mixup_targets": None if not cfg.mixup_alpha else "labels" if cfg.alpha == 1.0 else "teacher"}
+            "mixup_targets": _view_targets(cfg, cfg.mixup_alpha),
+            "online_mask_targets": _view_targets(cfg, cfg.online_mask_prob)}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
 
 
 # ---------------------------------------------------------------- pieces
+def _view_targets(cfg: RunConfig, rate: float) -> str | None:
+    """What labels an on-the-fly view (mixup, online masking): the teacher, or the labels for a no-KD student."""
+    return None if not rate else "labels" if cfg.alpha == 1.0 else "teacher"
+
+
 def _dropout_path(cfg: RunConfig, model) -> str:
     """Switch the trained model to kdapp's CPU dropout when asked and on CPU; what the metadata records."""
     if not cfg.fast_dropout or torch.cuda.is_available():

@@ -282,7 +282,7 @@ def test_mixup_keeps_the_teacher_beside_a_logit_cache_and_logs_its_part(tmp_path
     cache, _ = teacher_logits(teacher, ds["input_ids"], tokenizer.pad_token_id, cache_dir=tmp_path / "cache")
     trainer = _trainer(tmp_path, tokenizer, teacher, alpha=0.5, logit_cache=cache, mixup_alpha=0.4)
     assert trainer.teacher is not None  # the mixes are new inputs: the cache cannot label them
-    with pytest.raises(ValueError, match="needs the teacher"):
+    with pytest.raises(ValueError, match="need the teacher"):
         _trainer(tmp_path, tokenizer, None, alpha=0.5, logit_cache=cache, mixup_alpha=0.4)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
@@ -299,3 +299,40 @@ def test_no_kd_mixup_trains_on_mixed_labels_without_a_teacher(tmp_path, tokenize
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert logs and all(h["loss_kd"] == 0.0 and h["loss_mix"] > 0 for h in logs)
     assert all(h["loss"] == pytest.approx(h["loss_ce"] + h["loss_mix"], abs=2e-3) for h in logs)
+
+
+# ---------------------------------------------------------------- online masking (consistent teaching)
+def test_online_masks_touch_only_real_non_special_tokens_and_change_every_step(tmp_path, tokenizer):
+    trainer = _trainer(tmp_path, tokenizer, tiny_bert(layers=2), alpha=0.5, online_mask_prob=0.5)
+    batch = DataCollatorWithPadding(tokenizer)([_train_ds(tokenizer)[i] for i in range(8)])
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
+    first, second = trainer._masked_ids(batch), trainer._masked_ids(batch)
+    changed = first != ids
+    assert torch.equal(first[~mask | special], ids[~mask | special])  # padding, [CLS], [SEP] stay
+    assert (first[changed] == tokenizer.mask_token_id).all()
+    share = changed.sum().item() / (mask & ~special).sum().item()
+    assert 0.35 < share < 0.65  # about the rate asked for
+    assert not torch.equal(first, second)  # fresh masks each call
+
+
+def test_online_masking_kd_term_uses_the_same_masked_input_for_teacher_and_student(tmp_path, tokenizer):
+    teacher = _no_dropout(confident_teacher(seed=3))
+    batch = DataCollatorWithPadding(tokenizer)([_train_ds(tokenizer)[i] for i in range(8)])
+    losses = {}
+    for name, student in (("same", _no_dropout(confident_teacher(seed=3))), ("other", _no_dropout(tiny_bert(seed=4)))):
+        trainer = _trainer(tmp_path, tokenizer, teacher, student=student, alpha=0.5, online_mask_prob=0.3)
+        student.train()
+        torch.manual_seed(0)
+        trainer.compute_loss(student, batch)
+        losses[name] = trainer._parts["loss_masked"][0].item()
+    assert losses["same"] == pytest.approx(0.0, abs=1e-6) and losses["other"] > 0.01
+
+
+def test_no_kd_online_masking_trains_on_the_labels(tmp_path, tokenizer):
+    trainer = _trainer(tmp_path, tokenizer, tiny_bert(layers=2), alpha=1.0, max_steps=2, online_mask_prob=0.3)
+    assert trainer.teacher is None
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs and all(h["loss_masked"] > 0 and h["loss"] == pytest.approx(h["loss_ce"] + h["loss_masked"], abs=2e-3)
+                        for h in logs)

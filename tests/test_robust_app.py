@@ -159,6 +159,7 @@ def test_bad_teacher_settings(demo, runs, teacher_dir, reviews_parquet, form, me
     (dict(temperature=-3), "temperature must be > 0, got -3.0"),
     (dict(attention_dropout=-0.5), "attention_dropout must be in [0, 1), got -0.5"),
     (dict(mixup_alpha=-1), "mixup_alpha must be >= 0 (0: off), got -1.0"),
+    (dict(online_mask_prob=1), "online_mask_prob must be in [0, 1) (0: off), got 1.0"),
     (dict(teacher_max_length=64, cache_teacher_logits=False), "teacher_max_length (a longer input for the teacher "
      "than for the student) needs alpha < 1, cache_teacher_logits and hidden_loss none: the teacher reads its "
      "longer inputs once, for the cache"),
@@ -169,19 +170,21 @@ def test_bad_distill_settings(demo, runs, reviews_parquet, form, message):
     answers_next_good_request(demo, runs)
 
 
-def test_teacher_length_precision_and_mixup_reach_the_run(runs, tmp_path, reviews_parquet, in_tmp_cwd):
+def test_teacher_length_precision_and_views_reach_the_run(runs, tmp_path, reviews_parquet, in_tmp_cwd):
     demo = build_app(JobRegistry(), tmp_path / "ckpt")
     job_id, status, _ = start_distill(demo, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
                                       teacher_max_length=32, teacher_precision="int8", mixup_alpha=0.4,
-                                      also_nokd=True)
+                                      online_mask_prob=0.2, also_nokd=True)
     snap = finished(demo, job_id)
     assert snap.status == "done", snap.status_line
     kd, nokd = sorted(demo.kdapp_context.runs(), key=lambda r: r.run_config["alpha"])
     assert (kd.run_config["teacher_max_length"], kd.run_config["meta"]["teacher_precision_effective"]) == (32, "int8")
     assert (kd.run_config["mixup_alpha"], kd.run_config["meta"]["mixup_targets"]) == (0.4, "teacher")
+    assert (kd.run_config["online_mask_prob"], kd.run_config["meta"]["online_mask_targets"]) == (0.2, "teacher")
     assert (nokd.run_config["teacher_max_length"], nokd.run_config["meta"]["teacher_precision_effective"]) == \
         (None, None)  # the no-KD student of the same job has no teacher
     assert (nokd.run_config["mixup_alpha"], nokd.run_config["meta"]["mixup_targets"]) == (0.0, None)
+    assert (nokd.run_config["online_mask_prob"], nokd.run_config["meta"]["online_mask_targets"]) == (0.0, None)
 
 
 def test_teacher_and_student_with_different_tokenizers(runs, tmp_path, reviews_parquet):
