@@ -202,11 +202,13 @@ def ensure_run(name: str, cfg: RunConfig, num_threads: int | None) -> Path:
     return out
 
 
-def validation_logits(folder: Path, texts, labels, cfg: RunConfig, max_length: int | None = None) -> np.ndarray:
+def validation_logits(folder: Path, texts, labels, cfg: RunConfig, max_length: int | None = None,
+                      file: str | None = None) -> np.ndarray:
     """The run's saved validation logits, or score it now (same rows, same truncation) and save them.
 
-    max_length: score at another length than the run's (the file's name says which)."""
-    path = folder / ("validation_logits.npy" if max_length is None else f"validation_logits_{max_length}.npy")
+    max_length: score at another length than the run's (the file's name says which); file: another set of rows."""
+    default = "validation_logits.npy" if max_length is None else f"validation_logits_{max_length}.npy"
+    path = folder / (file or default)
     max_length = max_length or cfg.max_length
     if path.is_file():
         logits = np.load(path, allow_pickle=False)
@@ -217,6 +219,25 @@ def validation_logits(folder: Path, texts, labels, cfg: RunConfig, max_length: i
                       cfg.resolved_head_tokens(max_length))
     np.save(path, logits, allow_pickle=False)
     return logits
+
+
+def teacher_fit(table: dict) -> dict | None:
+    """How the kdapp teacher's outputs on its own 2,000 training reviews compare with those on the validation rows:
+    how much its soft targets there can say beyond the labels."""
+    folder, cfg = ROOT / "teacher", table["teacher"][1]
+    if not is_complete(folder):
+        return None
+    splits = load_splits(DATA, None, cfg.max_train_samples)
+    out = {}
+    for split in ("train", "validation"):
+        rows = splits[split]
+        logits = validation_logits(folder, rows["text"], np.asarray(rows["label"]), cfg,
+                                   file=None if split == "validation" else "train_logits.npy")
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        out[split] = {"rows": len(rows), "accuracy": float((logits.argmax(-1) == np.asarray(rows["label"])).mean()),
+                      "mean_max_prob": float(p.max(-1).mean())}
+    return out
 
 
 def int8_teacher_fidelity(temperature: float = 2.0) -> dict | None:
@@ -321,10 +342,21 @@ def report(names: list[str], table: dict, out: Path) -> None:
         for base, v in spread.items():
             lines.append(f"- {base}: " + ", ".join(f"{100 * a:.2f} % (seed {sd})" for sd, a in v["runs"])
                          + f"; mean {100 * v['mean']:.2f} %, range {100 * v['range']:.2f} points")
-        for recipe in ("kd-masked", "kd-hidden", "kd-transfer-masked"):
-            if {recipe, "nokd"} <= spread.keys():
-                gap = spread[recipe]["mean"] - spread["nokd"]["mean"]
-                lines.append(f"- {recipe} - nokd, mean over seeds: {100 * gap:+.2f} points")
+        for recipe, reference in (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"),
+                                  ("kd-masked-online-3ep", "nokd-3ep")):
+            if {recipe, reference} <= spread.keys():  # over the seeds both have
+                seeds = sorted({sd for sd, _ in spread[recipe]["runs"]} & {sd for sd, _ in spread[reference]["runs"]})
+                gap = np.mean([a - b for (sd, a), (_, b) in zip(
+                    [r for r in spread[recipe]["runs"] if r[0] in seeds],
+                    [r for r in spread[reference]["runs"] if r[0] in seeds])])
+                lines.append(f"- {recipe} - {reference}, mean over seeds {', '.join(map(str, seeds))}: "
+                             f"{100 * gap:+.2f} points")
+    fit = teacher_fit(table)
+    if fit:
+        tr, va = fit["train"], fit["validation"]
+        lines += ["", f"The kdapp teacher on its own {tr['rows']:,} training reviews: {100 * tr['accuracy']:.2f} % right, "
+                      f"mean top softmax probability {tr['mean_max_prob']:.3f}; on the {va['rows']:,} validation rows "
+                      f"{100 * va['accuracy']:.2f} % and {va['mean_max_prob']:.3f}."]
     fidelity = int8_teacher_fidelity()
     if fidelity:
         lines += ["", f"Soft targets of the int8 teacher (kd-transfer-masked-tint8) vs the fp32 teacher on the "
@@ -336,7 +368,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "paired": diffs, "int8_teacher": fidelity, "seed_spread": spread,
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "paired": diffs, "int8_teacher": fidelity,
+                                                    "teacher_fit": fit, "seed_spread": spread,
                                                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
 
 
