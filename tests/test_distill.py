@@ -262,17 +262,19 @@ def _no_dropout(model):
     return model
 
 
-def test_mixup_kd_term_uses_the_same_mix_for_teacher_and_student(tmp_path, tokenizer):
-    """A student identical to the teacher gives a zero KD term on the mix: both saw the same pairs and lam."""
+@pytest.mark.parametrize("view, part", [(dict(mixup_alpha=1.0), "loss_mix"), (dict(online_mask_prob=0.3), "loss_masked")])
+def test_view_kd_term_gives_teacher_and_student_the_same_input(tmp_path, tokenizer, view, part):
+    """A student identical to the teacher gives a zero KD term on an on-the-fly view (mix: the same pairs and lam;
+    masking: the same masked tokens); any other student does not."""
     teacher = _no_dropout(confident_teacher(seed=3))
     batch = DataCollatorWithPadding(tokenizer)([_train_ds(tokenizer)[i] for i in range(8)])
     losses = {}
     for name, student in (("same", _no_dropout(confident_teacher(seed=3))), ("other", _no_dropout(tiny_bert(seed=4)))):
-        trainer = _trainer(tmp_path, tokenizer, teacher, student=student, alpha=0.5, mixup_alpha=1.0)
+        trainer = _trainer(tmp_path, tokenizer, teacher, student=student, alpha=0.5, **view)
         student.train()
         torch.manual_seed(0)
         trainer.compute_loss(student, batch)
-        losses[name] = trainer._parts["loss_mix"][0].item()
+        losses[name] = trainer._parts[part][0].item()
     assert losses["same"] == pytest.approx(0.0, abs=1e-6) and losses["other"] > 0.01
 
 
@@ -314,19 +316,6 @@ def test_online_masks_touch_only_real_non_special_tokens_and_change_every_step(t
     share = changed.sum().item() / (mask & ~special).sum().item()
     assert 0.35 < share < 0.65  # about the rate asked for
     assert not torch.equal(first, second)  # fresh masks each call
-
-
-def test_online_masking_kd_term_uses_the_same_masked_input_for_teacher_and_student(tmp_path, tokenizer):
-    teacher = _no_dropout(confident_teacher(seed=3))
-    batch = DataCollatorWithPadding(tokenizer)([_train_ds(tokenizer)[i] for i in range(8)])
-    losses = {}
-    for name, student in (("same", _no_dropout(confident_teacher(seed=3))), ("other", _no_dropout(tiny_bert(seed=4)))):
-        trainer = _trainer(tmp_path, tokenizer, teacher, student=student, alpha=0.5, online_mask_prob=0.3)
-        student.train()
-        torch.manual_seed(0)
-        trainer.compute_loss(student, batch)
-        losses[name] = trainer._parts["loss_masked"][0].item()
-    assert losses["same"] == pytest.approx(0.0, abs=1e-6) and losses["other"] > 0.01
 
 
 def test_no_kd_online_masking_trains_on_the_labels(tmp_path, tokenizer):
