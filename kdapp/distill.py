@@ -190,7 +190,7 @@ class DistillationTrainer(Trainer):
         return ids.masked_fill(hit, self.processing_class.mask_token_id)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        """Adds the mean CE, KD (and hidden) parts since the last log to every training log line."""
+        """Adds the mean CE, KD (hidden, mix, masked) parts since the last log to every training log line."""
         if "loss" in logs:
             for name, values in self._parts.items():
                 if values:

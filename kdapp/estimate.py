@@ -222,7 +222,8 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
         transfer_rows = max(0, int(rows * 0.9) - train_rows)
         if cfg.transfer_samples:
             transfer_rows = min(transfer_rows, cfg.transfer_samples)
-    all_rows = train_rows + transfer_rows
+    masked_rows = train_rows * cfg.augment_masked if cfg.kind == "distill" else 0  # fixed masked copies
+    all_rows = train_rows + transfer_rows + masked_rows
     steps_per_epoch = math.ceil(all_rows / cfg.per_device_train_batch_size)
     steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)
     trained_rows = min(all_rows * cfg.num_train_epochs, steps * cfg.per_device_train_batch_size) \
@@ -246,17 +247,20 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
                          f"--max_length {limit} or less")
     student = measure_step_cost(student_cfg, tokens, device, threads)
     token_count = trained_rows * tokens
-    seconds = token_count * student.train_s_per_token + steps * student.optimizer_s_per_step
+    # views made on the fly (mixup, online masking): one more student forward + backward per step each
+    views = int(cfg.mixup_alpha > 0) + int(cfg.online_mask_prob > 0) if cfg.kind == "distill" else 0
+    seconds = (1 + views) * token_count * student.train_s_per_token + steps * student.optimizer_s_per_step
     scored = (eval_rows * n_evals + eval_rows + test_rows) * tokens  # periodic + final validation, test
     seconds += scored * student.forward_s_per_token
     if teacher_cfg is not None and cfg.alpha < 1.0:
         teacher = measure_step_cost(teacher_cfg, tokens, device, threads)
-        teacher_tokens = all_rows * tokens if cfg.cache_teacher_logits else token_count
+        cached = cfg.cache_teacher_logits and cfg.hidden_loss == "none"  # the hidden loss runs the teacher anyway
+        teacher_tokens = (all_rows * tokens if cached else token_count) + views * token_count
         seconds += teacher_tokens * teacher.forward_s_per_token
     one_run = seconds * OVERHEAD + FIXED_S
     total = one_run
     if extra_nokd:  # same student, no teacher forward passes
-        nokd_rows = train_rows * cfg.num_train_epochs if cfg.max_steps <= 0 else trained_rows
+        nokd_rows = train_rows * cfg.num_train_epochs if cfg.max_steps <= 0 else trained_rows  # no KD-only options
         total += (nokd_rows * tokens * student.train_s_per_token + steps * student.optimizer_s_per_step
                   + scored * student.forward_s_per_token) * OVERHEAD + FIXED_S
     detail = (f"{steps} steps x batch {cfg.per_device_train_batch_size}, ~{tokens} tokens per review, "

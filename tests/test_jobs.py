@@ -1,4 +1,5 @@
 """Background jobs: progress snapshots, cancel within one optimizer step, failures, one job at a time."""
+import dataclasses
 import threading
 import time
 from types import SimpleNamespace
@@ -155,3 +156,15 @@ def test_estimate_before_start(teacher_dir, reviews_parquet, tmp_path):
     assert 0 < est.seconds < 3600 and not est.long_on_cpu
     assert "Estimated duration" in est.describe() and "estimate" in est.describe()
     assert format_duration(30) == "30 s" and format_duration(600) == "10 min" and format_duration(36000) == "10.0 h"
+
+
+def test_estimate_counts_on_the_fly_views_and_masked_copies(teacher_dir, reviews_parquet):
+    base = RunConfig(kind="distill", teacher=str(teacher_dir), student="from-teacher", data=str(reviews_parquet),
+                     max_length=16, num_train_epochs=1.0, per_device_train_batch_size=8, eval_strategy="no",
+                     cache_teacher_logits=True)
+    plain = estimate_run(base).seconds
+    assert estimate_run(dataclasses.replace(base, mixup_alpha=0.4)).seconds > plain  # a student step + a teacher pass
+    assert estimate_run(dataclasses.replace(base, mixup_alpha=0.4, online_mask_prob=0.15)).seconds > \
+        estimate_run(dataclasses.replace(base, mixup_alpha=0.4)).seconds
+    copies = estimate_run(dataclasses.replace(base, augment_masked=1))
+    assert copies.steps == 2 * estimate_run(base).steps and copies.seconds > plain  # twice the rows per epoch
