@@ -165,6 +165,9 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "kd-masked-online-3ep-s43": ("kd-masked-online-3ep, seed 43",
                                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, online_mask_prob=0.15,
                                                seed=43, **COMMON, **KDAPP_STUDENT_3EP)),
+        "nokd-3ep-s43": ("control: no-KD student, 3 epochs, seed 43",
+                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, seed=43, **COMMON,
+                                   **KDAPP_STUDENT_3EP)),
         # kdapp's CPU dropout path (the default since it was built): does the faster step cost accuracy?
         "kd-transfer-masked-fastdrop": ("kd-transfer-masked, kdapp's CPU dropout path",
                                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
@@ -316,7 +319,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-mixup", "nokd"), ("kd-mixup", "nokd-mixup"), ("nokd-mixup", "nokd"), ("kd-mixup", "kd"),
              ("kd-hidden", "nokd"), ("kd-hidden", "kd"), ("kd-hidden-s43", "nokd-s43"),
              ("kd-masked-online-3ep", "nokd-3ep"), ("kd-masked-online-3ep", "kd-masked"),
-             ("kd-masked-online-3ep-s43", "nokd-s43")]
+             ("kd-masked-online-3ep-s43", "nokd-s43"), ("kd-masked-online-3ep-s43", "nokd-3ep-s43"),
+             ("nokd-3ep-s43", "nokd-s43")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
 
