@@ -150,7 +150,7 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "nokd-mixup": ("control: no-KD student + the same mixing, with the mixed labels",
                        RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, mixup_alpha=0.4, **COMMON,
                                  **KDAPP_STUDENT)),
-        # the teacher's hidden states on its own training reviews: more than its (near one-hot) outputs there?
+        # the teacher's hidden states on its own training reviews: more than its confident outputs there (report: teacher_fit)?
         "kd-hidden": ("kdapp: KD student + cosine loss on the mapped hidden states, labelled reviews only",
                       RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, hidden_loss="cosine", **COMMON,
                                 **KDAPP_STUDENT)),
