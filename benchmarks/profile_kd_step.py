@@ -1,7 +1,8 @@
 """Where one KD step's time goes: teacher forward, student forward / backward, optimizer.
 
-Three students: attention dropout 0.1 with PyTorch's dropout, 0.1 with kdapp's CPU dropout path (kdapp/dropout.py,
-the default of kdapp's training), and attention dropout 0 (PyTorch's fused attention kernel; a recipe change).
+Four set-ups: attention dropout 0.1 with PyTorch's dropout, 0.1 with kdapp's CPU dropout path (kdapp/dropout.py),
+the same with teacher and student computing their last layer at [CLS] only (kdapp/cls_only.py; both together are
+kdapp's training default), and attention dropout 0 (PyTorch's fused attention kernel; a recipe change).
 
 From the repo root, once benchmarks/accuracy.py has made checkpoints/cpu-scale/teacher and .../nokd (the student):
 
@@ -20,6 +21,7 @@ import torch
 from kdapp.distill import distillation_loss
 from kdapp.encoding import encode
 from kdapp.inference import pad_batch
+from kdapp.cls_only import restore_last_layer, use_cls_only
 from kdapp.dropout import use_fast_dropout
 from kdapp.models import load_pair, set_attention_dropout
 
@@ -35,11 +37,15 @@ def main() -> None:
     ids = encode(tokenizer, rows["text"].tolist(), 256, "head_tail", None)
     labels = torch.tensor(rows["label"].to_numpy())
     print(f"{torch.get_num_threads()} threads, batch {BATCH}, mean of {STEPS - WARMUP} steps (s):")
-    for p, path in ((0.1, "PyTorch"), (0.1, "kdapp CPU"), (0.0, "PyTorch")):
+    for p, path, last in ((0.1, "PyTorch", "full"), (0.1, "kdapp CPU", "full"), (0.1, "kdapp CPU", "[CLS] only"),
+                          (0.0, "PyTorch", "full")):
         student, _ = load_pair(STUDENT)
         set_attention_dropout(student, p)
         if path == "kdapp CPU":
             use_fast_dropout(student)
+        restore_last_layer(teacher)
+        if last != "full":
+            use_cls_only(student), use_cls_only(teacher)
         student.train()
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
         spent = {"teacher forward": 0.0, "student forward": 0.0, "backward": 0.0, "optimizer": 0.0}
@@ -60,7 +66,7 @@ def main() -> None:
             if step >= WARMUP:
                 for key, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                     spent[key] += dt / (STEPS - WARMUP)
-        print(f"  attention dropout {p}, {path} dropout: " + ", ".join(f"{k} {v:.2f}" for k, v in spent.items()), flush=True)
+        print(f"  attention dropout {p}, {path} dropout, last layer {last}: " + ", ".join(f"{k} {v:.2f}" for k, v in spent.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed passes after the warm-up")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up batches")
     p.add_argument("--num_threads", type=int, help="torch CPU threads; unset: torch's choice (all cores)")
+    p.add_argument("--cls_only", action="store_true",
+                   help="time kdapp's inference path, the last layer at [CLS] only (what evaluate, predict and the "
+                        "app run); unset: the models' full forward, comparable with the seed's table")
     p.add_argument("--json", help="write rows and environment to this JSON file")
 
     p = sub.add_parser("predict", help="classify reviews given on the command line")
@@ -222,7 +225,7 @@ def cmd_bench(ns) -> int:
 
     result = run_benchmark(ns.models, ns.batch_sizes, ns.max_length, ns.device or default_device(), ns.precision,
                            data=ns.data, n_texts=ns.n_texts, repeats=ns.repeats, warmup=ns.warmup,
-                           num_threads=ns.num_threads)
+                           num_threads=ns.num_threads, cls_only=ns.cls_only)
     print(markdown_table(result))
     _write_json(ns.json, result)
     return 0

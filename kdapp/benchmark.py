@@ -21,6 +21,7 @@ import transformers
 from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig
 
 from .checkpoints import folder_size_mb
+from .cls_only import supports_cls_only
 from .encoding import encode
 from .inference import PRECISIONS, length_batches, logits_from_ids, model_device, prepare_model
 from .models import LABELS, ModelError, count_parameters, load_pair, load_tokenizer, minilm_path, resolve
@@ -150,12 +151,20 @@ def random_ids(n: int, seq_len: int, vocab_size: int, seed: int = 0) -> list[lis
     return torch.randint(low, vocab_size, (n, seq_len), generator=gen).tolist()
 
 
-def forward_flops(non_embedding: int, layers: int, hidden: int, lengths: list[int]) -> float:
+def forward_flops(non_embedding: int, layers: int, hidden: int, lengths: list[int], cls_only: bool = False) -> float:
     """Approximate forward FLOPs: 2 * non-embedding params per token, plus attention's QK^T and AV
-    (2 * 2 * L^2 * hidden per layer per sequence). Training (forward + backward) is about 3x this."""
+    (2 * 2 * L^2 * hidden per layer per sequence). Training (forward + backward) is about 3x this.
+
+    cls_only: the FLOPs executed when the last layer runs at [CLS] only (kdapp/cls_only.py): there, every token
+    still gets its key and value (2 * hidden^2 weights), the rest of the layer and attention run for one query."""
     tokens = sum(lengths)
     attention = 4 * layers * hidden * sum(L * L for L in lengths)
-    return 2.0 * non_embedding * tokens + attention
+    flops = 2.0 * non_embedding * tokens + attention
+    if cls_only:
+        per_layer = non_embedding / layers
+        flops -= 2.0 * (per_layer - 2 * hidden * hidden) * (tokens - len(lengths))
+        flops -= 4 * hidden * sum(L * L - L for L in lengths)
+    return flops
 
 
 def _layers_hidden(config) -> tuple[int, int]:
@@ -167,7 +176,7 @@ def _layers_hidden(config) -> tuple[int, int]:
 # ---------------------------------------------------------------- measuring
 def measure(model: torch.nn.Module, batch_size: int, ids: list[list[int]] | None = None, seq_len: int = 128,
             n_rows: int | None = None, repeats: int = 3, warmup: int = 1, pad_id: int = 0,
-            flops_per_pass: float | None = None) -> dict:
+            flops_per_pass: float | None = None, cls_only: bool = False) -> dict:
     """Time the fast inference path on `ids` (real reviews) or on random rows of exactly `seq_len` tokens.
 
     One pass runs every row once, in length-sorted batches of `batch_size` with dynamic padding; `warmup` untimed
@@ -180,8 +189,8 @@ def measure(model: torch.nn.Module, batch_size: int, ids: list[list[int]] | None
     device = model_device(model)
     _reset_peak_memory(device)
     for _ in range(warmup):
-        _time_batch(model, batches[0], pad_id, device)
-    times = [_time_batch(model, batch, pad_id, device) for _ in range(repeats) for batch in batches]
+        _time_batch(model, batches[0], pad_id, device, cls_only)
+    times = [_time_batch(model, batch, pad_id, device, cls_only) for _ in range(repeats) for batch in batches]
     timed_s = sum(times)
     n_tokens = sum(len(x) for x in ids)
     return {
@@ -199,12 +208,12 @@ def measure(model: torch.nn.Module, batch_size: int, ids: list[list[int]] | None
     }
 
 
-def _time_batch(model, batch: list[list[int]], pad_id: int, device: torch.device) -> float:
+def _time_batch(model, batch: list[list[int]], pad_id: int, device: torch.device, cls_only: bool = False) -> float:
     """Seconds for one batch through logits_from_ids (padding, forward, logits back on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    logits_from_ids(model, batch, pad_id, batch_size=len(batch))
+    logits_from_ids(model, batch, pad_id, batch_size=len(batch), cls_only=cls_only)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # note: kernels are asynchronous; without this we would time the launch
     return time.perf_counter() - start
@@ -281,12 +290,14 @@ def check_bench_args(models, batch_sizes, precisions, device: str, max_length: i
 
 def run_benchmark(models: list[str], batch_sizes=(1, 100), max_length: int = 128, device: str = "cpu",
                   precisions=("fp32",), data: str | None = None, n_texts: int = 100, repeats: int = 3,
-                  warmup: int = 1, num_threads: int | None = None, progress=None) -> dict:
+                  warmup: int = 1, num_threads: int | None = None, progress=None, cls_only: bool = False) -> dict:
     """Time every model x precision x batch size; {"rows": [...], "env": {...}, "config": {...}}.
 
     data: reviews to time on (a file, folder or 'imdb'): `n_texts` of them, truncated to max_length; None: random
     rows of exactly max_length tokens. Every pass covers max(n_texts, batch_size) rows.
     progress(fraction, message), if given, is called before each row and once at the end.
+    cls_only: time kdapp's inference path (last layer at [CLS] only) instead of the models' full forward, which is
+    the default so that the table compares with the seed's.
     """
     batch_sizes = [int(b) for b in batch_sizes]
     check_bench_args(models, batch_sizes, precisions, device, max_length)
@@ -306,13 +317,14 @@ def run_benchmark(models: list[str], batch_sizes=(1, 100), max_length: int = 128
             ids = _model_ids(bm, texts, max_length)
             lengths = [len(x) for x in ids] if ids is not None else [max_length] * n_rows
             layers, hidden = _layers_hidden(bm.model.config)
-            flops = forward_flops(bm.non_embedding_params, layers, hidden, lengths)
+            last = cls_only and supports_cls_only(bm.model)
+            flops = forward_flops(bm.non_embedding_params, layers, hidden, lengths, cls_only=last)
             for b in batch_sizes:
                 _progress(progress, done / total, f"{spec} {precision} batch {b}")
                 m = measure(bm.model, b, ids, max_length, n_rows, repeats, warmup,
-                            getattr(bm.tokenizer, "pad_token_id", None) or 0, flops)
+                            getattr(bm.tokenizer, "pad_token_id", None) or 0, flops, cls_only=last)
                 rows.append({"model": spec, "label": model_label(spec), "precision": precision, "device": device,
-                             "max_length": max_length, **m, "params": bm.params,
+                             "max_length": max_length, "last_layer": "cls-only" if last else "full", **m, "params": bm.params,
                              "non_embedding_params": bm.non_embedding_params, "size_mb": bm.size_mb,
                              "size_source": bm.size_source, "threads": env["threads"], "torch": env["torch"]})
                 done += 1
@@ -322,7 +334,7 @@ def run_benchmark(models: list[str], batch_sizes=(1, 100), max_length: int = 128
     _progress(progress, 1.0, "done")
     config = {"models": list(models), "batch_sizes": batch_sizes, "max_length": max_length, "device": device,
               "precisions": list(precisions), "data": data, "n_texts": n_texts if data else None,
-              "n_rows": n_rows, "repeats": repeats, "warmup": warmup}
+              "n_rows": n_rows, "repeats": repeats, "warmup": warmup, "cls_only": cls_only}
     return {"rows": rows, "env": env, "config": config}
 
 
@@ -451,7 +463,10 @@ def describe_setup(result: dict) -> str:
     inputs = (f"{cfg.get('n_rows')} reviews from {cfg['data']}, truncated to {cfg.get('max_length')} tokens, "
               "length-sorted batches with dynamic padding" if cfg.get("data")
               else f"{cfg.get('n_rows')} random rows of {cfg.get('max_length')} tokens")
-    return (f"Inputs: {inputs}; {cfg.get('repeats')} timed passes after {cfg.get('warmup')} warm-up batch(es). "
+    forward = ("kdapp's path, last layer at [CLS] only where the model allows" if cfg.get("cls_only")
+               else "the models' full forward")
+    return (f"Inputs: {inputs}; {forward}; {cfg.get('repeats')} timed passes after {cfg.get('warmup')} warm-up "
+            f"batch(es). "
             f"Device: {env['device']} ({env['device_name']}), {env['threads']} threads, "
             f"OMP_WAIT_POLICY={env['omp_wait_policy']}, torch {env['torch']}, load average {env.get('load_avg_1m')}.")
 

@@ -1,7 +1,8 @@
 """The fast inference path used by evaluate, predict, the logit cache and the app.
 
 Reviews are tokenized once, sorted by length, batched with dynamic padding and run under torch.inference_mode;
-results come back in input order. Optional precisions: bf16 (autocast) and int8 (dynamic quantization) on CPU,
+a BERT / DistilBERT classifier computes its last layer at [CLS] only (kdapp/cls_only.py); results come back in
+input order. Optional precisions: bf16 (autocast) and int8 (dynamic quantization) on CPU,
 fp16/bf16 on a GPU, bitsandbytes 8-/4-bit on CUDA.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import warnings
 import numpy as np
 import torch
 
+from .cls_only import cls_only as last_layer_cls_only
 from .encoding import encode
 
 log = logging.getLogger(__name__)
@@ -98,20 +100,25 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 64, progress=None) -> np.ndarray:
-    """(N, num_labels) float32 logits for pre-tokenized rows, in input order."""
+def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 64, progress=None,
+                    cls_only: bool = True) -> np.ndarray:
+    """(N, num_labels) float32 logits for pre-tokenized rows, in input order.
+
+    cls_only: a BERT / DistilBERT classifier computes its last layer at [CLS] only (kdapp/cls_only.py: the same
+    logits, less work); False runs every position, as the model's own forward does."""
     device = model_device(model)
     precision = getattr(model, "kdapp_precision", "fp32")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" and device.type == "cpu"
                 else contextlib.nullcontext())
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
     batches = length_batches([len(x) for x in ids], batch_size)
-    for n, batch in enumerate(batches):
-        with autocast:
-            logits = model(**pad_batch([ids[i] for i in batch], pad_id, device)).logits
-        out[batch] = logits.float().cpu().numpy()
-        if progress:
-            progress(n + 1, len(batches))
+    with last_layer_cls_only(model, cls_only):
+        for n, batch in enumerate(batches):
+            with autocast:
+                logits = model(**pad_batch([ids[i] for i in batch], pad_id, device)).logits
+            out[batch] = logits.float().cpu().numpy()
+            if progress:
+                progress(n + 1, len(batches))
     return out
 
 

@@ -24,6 +24,7 @@ from .checkpoints import last_trainer_checkpoint, save_run, work_dir, write_json
 from .config import FROM_TEACHER, RunConfig
 from .data import load_splits, load_transfer_texts
 from .distill import IGNORE, DistillationTrainer
+from .cls_only import restore_last_layer, use_cls_only
 from .dropout import restore_dropout, use_fast_dropout
 from .encoding import masked_views, tokenize_dataset, window_views
 from .evaluation import score
@@ -58,6 +59,7 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     if cfg.attention_dropout is not None:
         set_attention_dropout(model, cfg.attention_dropout)
     dropout_path = _dropout_path(cfg, model)
+    last_layer = _last_layer(cfg, model)
     max_length = _check_max_length(cfg, model)
     train_ds, eval_ds = (_tokenize(cfg, splits[s], tokenizer, max_length) for s in ("train", "validation"))
     args = _training_args(cfg, out, remove_unused_columns=True)
@@ -67,7 +69,8 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     # the classifier's loss is a batch mean that ignores num_items_in_batch; left True, transformers 5.24 multiplies
     # it by the number of processes under torchrun (2x loss and gradients) and skips the gradient-accumulation division
     trainer.model_accepts_loss_kwargs = False
-    meta = {"train_rows": len(train_ds), "max_length_effective": max_length, "dropout_path": dropout_path}
+    meta = {"train_rows": len(train_ds), "max_length_effective": max_length, "dropout_path": dropout_path,
+            "last_layer": last_layer}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
 
 
@@ -90,6 +93,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
     if cfg.hidden_loss != "none" and teacher.config.hidden_size != student.config.hidden_size:
         raise ValueError(f"hidden_loss needs equal widths; teacher hidden_size {teacher.config.hidden_size} != "
                          f"student {student.config.hidden_size}. Use --hidden_loss none or a student from the teacher.")
+    last_layer = _last_layer(cfg, student)
 
     train_rows = splits["train"]
     transfer_rows = 0
@@ -129,6 +133,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
                              "(teacher_precision auto)")
         fingerprint = f"{teacher_fingerprint(teacher)}-int8"  # the cache never mixes int8 and fp32 logits
         teacher = prepare_model(teacher, "int8", "cpu")
+    if last_layer == "cls-only":  # the teacher's logits too (a copy when it went int8 above); not for the hidden loss
+        use_cls_only(teacher)
     cache, cache_hit = None, False
     if cfg.cache_teacher_logits and cfg.alpha < 1.0:
         teacher.to("cuda" if use_cuda else "cpu")
@@ -154,7 +160,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
             "teacher_logits_cache_hit": cache_hit, "max_length_effective": max_length,
             "teacher_max_length_effective": teacher_length if cfg.alpha < 1.0 else None,
             "teacher_precision_effective": _teacher_precision(cfg, use_cuda),
-            "teacher_params": teacher_params, "dropout_path": dropout_path,
+            "teacher_params": teacher_params, "dropout_path": dropout_path, "last_layer": last_layer,
             "mixup_targets": _view_targets(cfg, cfg.mixup_alpha),
             "online_mask_targets": _view_targets(cfg, cfg.online_mask_prob)}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
@@ -172,6 +178,14 @@ def _dropout_path(cfg: RunConfig, model) -> str:
         return "torch"
     use_fast_dropout(model)
     return "kdapp-cpu"
+
+
+def _last_layer(cfg: RunConfig, model) -> str:
+    """Switch the trained model's last layer to [CLS] only when asked and nothing reads its other positions (the
+    hidden-state loss does); what the metadata records: cls-only or full."""
+    if cfg.cls_only and cfg.hidden_loss == "none" and use_cls_only(model):
+        return "cls-only"
+    return "full"
 
 
 def _make_student(cfg: RunConfig, teacher, teacher_tok):
@@ -299,6 +313,7 @@ def _train_and_save(cfg: RunConfig, trainer: Trainer, tokenizer, splits, out: Pa
     model = trainer.model
     model.eval()
     restore_dropout(model)  # the checkpoint says plain dropout and sdpa, loadable without kdapp
+    restore_last_layer(model)
     metrics = {"train_runtime_s": round(output.metrics.get("train_runtime", time.time() - started), 2),
                "train_samples_per_second": output.metrics.get("train_samples_per_second"),
                "train_loss": output.metrics.get("train_loss"), "global_step": state.global_step,

@@ -148,6 +148,10 @@ def test_quantized_size_is_measured(teacher_dir):
 def test_forward_flops():
     # 2 * N per token, plus 4 * layers * hidden * L^2 per sequence
     assert forward_flops(1000, layers=2, hidden=8, lengths=[3, 5]) == 2 * 1000 * 8 + 4 * 2 * 8 * (9 + 25)
+    # the last layer at [CLS] only: the first layer as before; the last one's keys and values (2 * hidden^2 weights)
+    # for every token, its other 500 - 128 weights and its attention for one query per sequence
+    last = 2 * 128 * 8 + 2 * (500 - 128) * 2 + 4 * 8 * (3 + 5)
+    assert forward_flops(1000, 2, 8, [3, 5], cls_only=True) == 2 * 500 * 8 + 4 * 8 * (9 + 25) + last
 
 
 def test_precision_table():

@@ -153,6 +153,9 @@ def test_dropout_path_is_recorded_and_the_checkpoint_is_plain(teacher_run, revie
     assert result.status == "done", result.message
     info = load_run_info(result.output_dir)
     assert info.run_config["meta"]["dropout_path"] == path and info.run_config["fast_dropout"] is fast_dropout
+    assert info.run_config["meta"]["last_layer"] == "cls-only"  # kdapp's default: the last layer at [CLS] only
+    saved = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
+    assert type(saved.bert.encoder.layer[-1]).__name__ == "BertLayer"
     assert "kdapp_cpu" not in (result.output_dir / "config.json").read_text()  # loadable without kdapp
 
 
@@ -170,6 +173,7 @@ def test_student_from_teacher_with_hidden_loss(teacher_run, reviews_parquet, wor
                                          hidden_loss="cosine"))
     meta = json.loads((result.output_dir / "run_config.json").read_text())["meta"]
     assert meta["student_layer_map"] == [0, 2]
+    assert meta["last_layer"] == "full"  # the hidden-state loss reads every position of the last layer
     model = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
     assert model.config.num_hidden_layers == 2 and len(model.bert.encoder.layer) == 2
     assert all("loss_hidden" in h for h in result.log_history if "loss" in h)

@@ -58,6 +58,9 @@ def build_bench_tab(ctx: AppContext):
                                                    "truncated to it")
             n_texts = gr.Number(100, label="Reviews per timed pass", precision=0, elem_id="bench_n_texts")
             repeats = gr.Number(3, label="Timed passes", precision=0, elem_id="bench_repeats")
+            cls_only = gr.Checkbox(False, label="Last layer at [CLS] only", elem_id="bench_cls_only",
+                                   info="kdapp's inference path (Compare, evaluate, predict): the same predictions, "
+                                        "less work; off: the models' full forward, as in the seed's table")
     password = password_box(ctx, "bench")
     run = gr.Button("Run benchmark", variant="primary", elem_id="bench_run")
     table = gr.Markdown(elem_id="bench_table")
@@ -66,7 +69,7 @@ def build_bench_tab(ctx: AppContext):
 
     @guarded(lambda msg: (f"⚠️ {msg}", gr.skip()), ctx)
     def benchmark(models, batch_sizes, max_length, device, precisions, inputs, n_texts, repeats, password="",
-                  progress=gr.Progress()):
+                  cls_only=False, progress=gr.Progress()):
         """Time every model x precision x batch size; returns (markdown table, bar chart)."""
         ctx.unlock(password)
         if isinstance(models, str):
@@ -76,11 +79,12 @@ def build_bench_tab(ctx: AppContext):
         result = run_benchmark(models, [int(b) for b in batch_sizes or []], int(max_length), device,
                                tuple(precisions or ()), data=local_imdb() if inputs == "real reviews" else None,
                                n_texts=max(1, int(n_texts or 1)), repeats=max(1, int(repeats or 1)),
-                               progress=lambda fraction, message: progress(fraction, desc=message))
+                               progress=lambda fraction, message: progress(fraction, desc=message),
+                               cls_only=bool(cls_only))
         return markdown_table(result), plots.latency_bars(result["rows"])
 
-    run.click(benchmark, [models, batch_sizes, max_length, device, precisions, inputs, n_texts, repeats, password],
-              [table, chart], api_name="benchmark", concurrency_limit=1, concurrency_id="benchmark")
+    run.click(benchmark, [models, batch_sizes, max_length, device, precisions, inputs, n_texts, repeats, password,
+                          cls_only], [table, chart], api_name="benchmark", concurrency_limit=1, concurrency_id="benchmark")
 
     def refresh(current):
         runs = ctx.choices()
