@@ -245,19 +245,22 @@ def kd_run(args, teacher: str, work: Path, name: str, epochs: float, cache: bool
             "last_layer": "cls-only" if cfg.cls_only else "full", "output_dir": str(result.output_dir)}
 
 
-def kdapp_pass(model, tokenizer, texts, labels, max_length: int, precision: str, batch_size: int = 100) -> dict:
-    """kdapp's fast path (tokenize, length-sorted batches, dynamic padding) at `precision`: throughput, accuracy."""
+def kdapp_pass(model, tokenizer, texts, labels, max_length: int, precision: str, batch_size: int = 100,
+               max_tokens="auto") -> dict:
+    """kdapp's fast path (tokenize, length-sorted batches of at most batch_size rows and, on CPU, CPU_BATCH_TOKENS
+    tokens, dynamic padding, last layer at [CLS] only) at `precision`: throughput, accuracy."""
     from kdapp.benchmark import state_dict_size_mb
-    from kdapp.inference import predict_logits, prepare_model
+    from kdapp.inference import batch_tokens, predict_logits, prepare_model
 
     prepared = prepare_model(model, precision, "cpu")
-    predict_logits(prepared, tokenizer, texts[:8], max_length, batch_size)  # warm-up
+    predict_logits(prepared, tokenizer, texts[:8], max_length, batch_size, max_tokens=max_tokens)  # warm-up
     start = time.perf_counter()
-    logits = predict_logits(prepared, tokenizer, texts, max_length, batch_size)
+    logits = predict_logits(prepared, tokenizer, texts, max_length, batch_size, max_tokens=max_tokens)
     seconds = time.perf_counter() - start
     return {"seconds": round(seconds, 2), "samples_per_s": round(len(texts) / seconds, 2),
             "accuracy": round(float((logits.argmax(-1) == np.asarray(labels)).mean()), 4), "n": len(texts),
-            "size_mb": state_dict_size_mb(prepared), "last_layer": "cls-only"}
+            "size_mb": state_dict_size_mb(prepared), "last_layer": "cls-only",
+            "batch_size": batch_size, "max_batch_tokens": batch_tokens("cpu", max_tokens)}
 
 
 def model_flops(model, lengths: list[int], cls_only: bool = False) -> float:
@@ -374,6 +377,20 @@ def main() -> None:
             report["flops"]["infer_student_fp32"] = _fraction(model_flops(student0, valid_len, True)
                                                               / inf["student_fp32"]["seconds"], peak)
 
+        if "batch_tokens" in args.parts:  # what sets CPU_BATCH_TOKENS (kdapp/inference.py)
+            n = min(len(texts), args.batch_tokens_reviews)
+            sweep = report["batch_tokens"] = []
+            for batch_size in (100, 8):
+                log(f"batch tokens: pipeline, batch_size {batch_size}, {n} reviews")
+                sweep.append({"path": "pipeline", "precision": "fp32", "batch_size": batch_size, "max_tokens": None,
+                              **pipeline_pass(teacher, tokenizer, texts[:n], labels[:n], args.max_length, batch_size)})
+            for precision in ("fp32", "int8"):
+                for max_tokens in (None, 1024, 2048, 4096):
+                    log(f"batch tokens: kdapp {precision}, batch_size 100, max_tokens {max_tokens}, {n} reviews")
+                    sweep.append({"path": "kdapp", "precision": precision, "batch_size": 100, "max_tokens": max_tokens,
+                                  **kdapp_pass(teacher, tokenizer, texts[:n], labels[:n], args.max_length, precision,
+                                               max_tokens=max_tokens)})
+
         if "arch" in args.parts:
             log(f"architectures: bert-base vs distilbert-base, batch {args.arch_batch} x {args.arch_seq} tokens")
             arch = run_benchmark(["arch:bert-base-uncased", "arch:distilbert-base-uncased"], (args.arch_batch,),
@@ -428,7 +445,8 @@ def ratios(report: dict) -> list[dict]:
         add("infer_fastest", f"inference reviews/s: fastest kdapp path ({best.split('_')[1]}) / pipeline",
             inf[best]["samples_per_s"] / p, f"accuracy {change:+.2f} points vs fp32 (target: within 0.3); "
                                             + _vs_default(inf, inf[best]))
-        add("student_teacher", "inference reviews/s at batch 100: student / teacher (kdapp fp32)",
+        add("student_teacher", "inference reviews/s: student / teacher (kdapp fp32, batch_size 100 and its CPU "
+                               "tokens-per-batch limit)",
             inf["student_fp32"]["samples_per_s"] / fp32["samples_per_s"])
     if "arch" in report:
         rows = {r["model"]: r for r in report["arch"]["rows"]}
@@ -478,6 +496,12 @@ def write_report(report: dict, out: Path) -> None:
         for k, v in report["inference"].items():
             lines.append(f"| {k} | {v['samples_per_s']:.1f} | {100 * v['accuracy']:.2f} % | {v['n']} | "
                          f"{v.get('size_mb', '-')} | {v.get('last_layer', 'full')} |")
+    if report.get("batch_tokens"):
+        lines += ["", "Tokens per batch on CPU (the teacher, the first validation reviews; kdapp's rows: batch_size "
+                      "100 and at most max_tokens tokens once padded):", "",
+                  "| path | precision | batch_size | max_tokens | reviews/s | reviews |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['path']} | {r['precision']} | {r['batch_size']} | {r['max_tokens'] or '-'} | "
+                  f"{r['samples_per_s']:.1f} | {r['n']} |" for r in report["batch_tokens"]]
     peaks = report["matmul_fp32_gflops"]
     lines += ["", f"Achieved model FLOP/s vs this machine's best measured fp32 matmul (GFLOP/s: {peaks}):", "",
               "| path | GFLOP/s | fraction of peak |", "|---|---|---|"]
@@ -503,8 +527,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", default=str(DATA), help="IMDb parquet (read, never copied)")
     p.add_argument("--max_length", type=int, default=256)
     p.add_argument("--n_score", type=int, default=200, help="validation rows each KD run scores at its end")
-    p.add_argument("--parts", nargs="+", default=["training", "inference", "arch"],
-                   choices=["training", "inference", "arch"], help="what to measure")
+    p.add_argument("--parts", nargs="+", default=["training", "inference", "batch_tokens", "arch"],
+                   choices=["training", "inference", "batch_tokens", "arch"], help="what to measure")
+    p.add_argument("--batch_tokens_reviews", type=int, default=400,
+                   help="validation reviews of the batch_tokens part (kdapp's tokens-per-batch limit on CPU)")
     p.add_argument("--training_runs", nargs="+", default=list(KD_RUNS), choices=list(KD_RUNS),
                    help="kdapp KD runs of the training part (the seed-faithful baseline always runs with it)")
     p.add_argument("--arch_batch", type=int, default=100)
@@ -523,6 +549,7 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.n_reviews, args.max_length, args.n_score, args.teacher_steps = 48, 128, 16, 4
         args.arch_batch, args.arch_seq, args.arch_repeats, args.matmul_n, args.bf16_subset = 8, 32, 1, 512, 16
+        args.batch_tokens_reviews = 16
         if args.out == p.get_default("out"):
             args.out = str(ROOT / "benchmarks" / "results" / "speed_quick")
     return args

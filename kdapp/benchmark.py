@@ -213,7 +213,7 @@ def _time_batch(model, batch: list[list[int]], pad_id: int, device: torch.device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    logits_from_ids(model, batch, pad_id, batch_size=len(batch), cls_only=cls_only)
+    logits_from_ids(model, batch, pad_id, batch_size=len(batch), cls_only=cls_only, max_tokens=None)  # as given
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # note: kernels are asynchronous; without this we would time the launch
     return time.perf_counter() - start

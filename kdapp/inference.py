@@ -21,6 +21,10 @@ from .encoding import encode
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
+# On CPU a batch holds at most this many tokens, padding included (with batch_size as the row limit): the
+# activations and attention scores of a small batch stay in cache, and the 2-core dev machine classified reviews
+# fastest that way (README: Speed, benchmarks/speed.py --parts batch_tokens). GPUs take the whole batch_size.
+CPU_BATCH_TOKENS = 2048
 
 
 def default_device() -> str:
@@ -93,25 +97,42 @@ def pad_batch(batch_ids: list[list[int]], pad_id: int, device) -> dict[str, torc
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
-def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
+def length_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory peaks early): at most batch_size
+    rows, and with max_tokens at most that many tokens once padded to the batch's longest row (one row at least)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) >= batch_size
+                        or max_tokens and (len(current) + 1) * lengths[current[0]] > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + [current] if current else batches
+
+
+def batch_tokens(device: torch.device | str, max_tokens: int | str | None = "auto") -> int | None:
+    """The token limit per batch: "auto" is CPU_BATCH_TOKENS on CPU and none on a GPU."""
+    if max_tokens != "auto":
+        return max_tokens
+    return CPU_BATCH_TOKENS if torch.device(device).type == "cpu" else None
 
 
 @torch.inference_mode()
 def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 64, progress=None,
-                    cls_only: bool = True) -> np.ndarray:
+                    cls_only: bool = True, max_tokens: int | str | None = "auto") -> np.ndarray:
     """(N, num_labels) float32 logits for pre-tokenized rows, in input order.
 
     cls_only: a BERT / DistilBERT classifier computes its last layer at [CLS] only (kdapp/cls_only.py: the same
-    logits, less work); False runs every position, as the model's own forward does."""
+    logits, less work); False runs every position, as the model's own forward does.
+    max_tokens: tokens per batch at most, padding included ("auto": CPU_BATCH_TOKENS on CPU; None: batch_size rows
+    whatever their length)."""
     device = model_device(model)
     precision = getattr(model, "kdapp_precision", "fp32")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" and device.type == "cpu"
                 else contextlib.nullcontext())
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
-    batches = length_batches([len(x) for x in ids], batch_size)
+    batches = length_batches([len(x) for x in ids], batch_size, batch_tokens(device, max_tokens))
     with last_layer_cls_only(model, cls_only):
         for n, batch in enumerate(batches):
             with autocast:
@@ -123,11 +144,12 @@ def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 
 
 
 def predict_logits(model, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 64,
-                   truncation: str = "head", head_tokens: int | None = None, progress=None) -> np.ndarray:
+                   truncation: str = "head", head_tokens: int | None = None, progress=None,
+                   max_tokens: int | str | None = "auto") -> np.ndarray:
     """Logits for raw review texts through the fast path (in input order)."""
     max_length = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
     ids = encode(tokenizer, list(texts), max_length, truncation, head_tokens)
-    return logits_from_ids(model, ids, tokenizer.pad_token_id or 0, batch_size, progress)
+    return logits_from_ids(model, ids, tokenizer.pad_token_id or 0, batch_size, progress, max_tokens=max_tokens)
 
 
 def predict(model, tokenizer, texts: list[str], **kwargs) -> list[dict]:

@@ -10,7 +10,8 @@ from conftest import VOCAB, make_reviews, tiny_bert
 from kdapp.__main__ import main
 from kdapp.cache import teacher_logits
 from kdapp.encoding import encode
-from kdapp.inference import length_batches, logits_from_ids, pad_batch, predict, predict_logits, prepare_model
+from kdapp.inference import (CPU_BATCH_TOKENS, batch_tokens, length_batches, logits_from_ids, pad_batch, predict,
+                              predict_logits, prepare_model)
 
 TEXTS = ["great", "the movie was awful and the plot was boring and dull", "good film",
          "it was a really superb story and the acting was brilliant and i loved it", "bad", "the plot was dull",
@@ -47,6 +48,14 @@ def test_length_batches_cover_every_row_once_longest_first():
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(len(lengths))) and [len(b) for b in batches] == [3, 3, 1]
     assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+
+
+def test_a_token_limit_splits_long_batches_and_keeps_one_row_at_least():
+    lengths = [3, 9, 1, 7, 7, 2, 5]
+    batches = length_batches(lengths, 3, max_tokens=14)  # rows x the batch's longest row <= 14
+    assert [[lengths[i] for i in b] for b in batches] == [[9], [7, 7], [5, 3], [2, 1]]
+    assert [[lengths[i] for i in b] for b in length_batches(lengths, 3, max_tokens=4)][0] == [9]  # alone, not lost
+    assert (batch_tokens("cpu"), batch_tokens("cuda"), batch_tokens("cpu", None)) == (CPU_BATCH_TOKENS, None, None)
 
 
 def test_pad_batch_pads_to_the_longest_row():
