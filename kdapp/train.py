@@ -21,10 +21,10 @@ from transformers.trainer_utils import TrainOutput
 from . import tracking
 from .cache import teacher_fingerprint, teacher_logits
 from .checkpoints import last_trainer_checkpoint, save_run, work_dir, write_json
+from .cls_only import restore_last_layer, use_cls_only
 from .config import FROM_TEACHER, RunConfig
 from .data import load_splits, load_transfer_texts
 from .distill import IGNORE, DistillationTrainer
-from .cls_only import restore_last_layer, use_cls_only
 from .dropout import restore_dropout, use_fast_dropout
 from .encoding import masked_views, tokenize_dataset, window_views
 from .evaluation import score
@@ -133,7 +133,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
                              "(teacher_precision auto)")
         fingerprint = f"{teacher_fingerprint(teacher)}-int8"  # the cache never mixes int8 and fp32 logits
         teacher = prepare_model(teacher, "int8", "cpu")
-    if last_layer == "cls-only":  # the teacher's logits too (a copy when it went int8 above); not for the hidden loss
+    if cfg.cls_only and cfg.hidden_loss == "none":  # the teacher's logits too (a copy when it went int8 above)
         use_cls_only(teacher)
     cache, cache_hit = None, False
     if cfg.cache_teacher_logits and cfg.alpha < 1.0:
