@@ -165,6 +165,13 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "kd-masked-online-3ep-s43": ("kd-masked-online-3ep, seed 43",
                                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, online_mask_prob=0.15,
                                                seed=43, **COMMON, **KDAPP_STUDENT_3EP)),
+        # the same with twice the masking: a masked review the teacher never saw whole, less sure of it
+        "kd-masked-online30-3ep": ("kd-masked-online-3ep with masking rate 0.30",
+                                   RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, online_mask_prob=0.30,
+                                             **COMMON, **KDAPP_STUDENT_3EP)),
+        "kd-masked-online30-3ep-s43": ("kd-masked-online30-3ep, seed 43",
+                                       RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD,
+                                                 online_mask_prob=0.30, seed=43, **COMMON, **KDAPP_STUDENT_3EP)),
         "nokd-3ep-s43": ("control: no-KD student, 3 epochs, seed 43",
                          RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, seed=43, **COMMON,
                                    **KDAPP_STUDENT_3EP)),
@@ -320,7 +327,9 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-hidden", "nokd"), ("kd-hidden", "kd"), ("kd-hidden-s43", "nokd-s43"),
              ("kd-masked-online-3ep", "nokd-3ep"), ("kd-masked-online-3ep", "kd-masked"),
              ("kd-masked-online-3ep-s43", "nokd-s43"), ("kd-masked-online-3ep-s43", "nokd-3ep-s43"),
-             ("nokd-3ep-s43", "nokd-s43")]
+             ("nokd-3ep-s43", "nokd-s43"), ("kd-masked-online30-3ep", "nokd-3ep"),
+             ("kd-masked-online30-3ep", "kd-masked-online-3ep"), ("kd-masked-online30-3ep-s43", "nokd-3ep-s43"),
+             ("kd-masked-online30-3ep-s43", "kd-masked-online-3ep-s43")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
 
@@ -344,7 +353,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
             lines.append(f"- {base}: " + ", ".join(f"{100 * a:.2f} % (seed {sd})" for sd, a in v["runs"])
                          + f"; mean {100 * v['mean']:.2f} %, range {100 * v['range']:.2f} points")
         for recipe, reference in (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"),
-                                  ("kd-masked-online-3ep", "nokd-3ep")):
+                                  ("kd-masked-online-3ep", "nokd-3ep"), ("kd-masked-online30-3ep", "nokd-3ep")):
             if {recipe, reference} <= spread.keys():  # over the seeds both have
                 seeds = sorted({sd for sd, _ in spread[recipe]["runs"]} & {sd for sd, _ in spread[reference]["runs"]})
                 if len(seeds) < 2:
