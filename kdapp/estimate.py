@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .cls_only import use_cls_only
 from .config import FROM_TEACHER, RunConfig
 from .data import FILE_FORMATS, LOCAL_HINT, DataError, read_source
 from .hub import hub_reachable, looks_like_hub_id
@@ -145,10 +146,12 @@ class StepCost:
 _COSTS: dict[tuple, StepCost] = {}
 
 
-def measure_step_cost(config, seq_len: int, device: str = "cpu", threads: int | None = None) -> StepCost:
-    """Time one forward+backward and one AdamW step of `config` at (2, seq_len) tokens; cached."""
+def measure_step_cost(config, seq_len: int, device: str = "cpu", threads: int | None = None,
+                      cls_only: bool = True) -> StepCost:
+    """Time one forward+backward and one AdamW step of `config` at (2, seq_len) tokens; cached. cls_only: with the
+    last layer at [CLS] only where the model allows, as kdapp's training and inference run it (kdapp/cls_only.py)."""
     seq_len = int(min(max(16, seq_len), getattr(config, "max_position_embeddings", 512), 256))
-    key = (config.to_json_string(), seq_len, device, threads or torch.get_num_threads())
+    key = (config.to_json_string(), seq_len, device, threads or torch.get_num_threads(), cls_only)
     if key in _COSTS:
         return _COSTS[key]
     old_threads = torch.get_num_threads()
@@ -156,6 +159,8 @@ def measure_step_cost(config, seq_len: int, device: str = "cpu", threads: int | 
         torch.set_num_threads(threads)
     try:
         model = _random_model(config).to(device).train()
+        if cls_only:
+            use_cls_only(model)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
         vocab = getattr(config, "vocab_size", 1000)
 
@@ -245,7 +250,8 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
     if cfg.max_length > limit:  # the run would fail on this after loading everything (train._check_max_length)
         raise ModelError(f"max_length {cfg.max_length} is beyond the model's limit of {limit} positions; use "
                          f"--max_length {limit} or less")
-    student = measure_step_cost(student_cfg, tokens, device, threads)
+    cls_only = cfg.cls_only and cfg.hidden_loss == "none"  # as train.py switches the models
+    student = measure_step_cost(student_cfg, tokens, device, threads, cls_only)
     token_count = trained_rows * tokens
     # views made on the fly (mixup, online masking): one more student forward + backward per step each
     views = int(cfg.mixup_alpha > 0) + int(cfg.online_mask_prob > 0) if cfg.kind == "distill" else 0
@@ -253,7 +259,7 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
     scored = (eval_rows * n_evals + eval_rows + test_rows) * tokens  # periodic + final validation, test
     seconds += scored * student.forward_s_per_token
     if teacher_cfg is not None and cfg.alpha < 1.0:
-        teacher = measure_step_cost(teacher_cfg, tokens, device, threads)
+        teacher = measure_step_cost(teacher_cfg, tokens, device, threads, cls_only)
         cached = cfg.cache_teacher_logits and cfg.hidden_loss == "none"  # the hidden loss runs the teacher anyway
         teacher_tokens = (all_rows * tokens if cached else token_count) + views * token_count
         seconds += teacher_tokens * teacher.forward_s_per_token

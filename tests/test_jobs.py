@@ -168,3 +168,18 @@ def test_estimate_counts_on_the_fly_views_and_masked_copies(teacher_dir, reviews
         estimate_run(dataclasses.replace(base, mixup_alpha=0.4)).seconds
     copies = estimate_run(dataclasses.replace(base, augment_masked=1))
     assert copies.steps == 2 * estimate_run(base).steps and copies.seconds > plain  # twice the rows per epoch
+
+
+@pytest.mark.parametrize("changes, timed_cls_only", [({}, True), ({"cls_only": False}, False),
+                                                     ({"hidden_loss": "cosine"}, False)])
+def test_estimate_times_the_last_layer_as_the_run_will(teacher_dir, reviews_parquet, monkeypatch, changes,
+                                                       timed_cls_only):
+    import kdapp.estimate as est
+
+    switched = []
+    monkeypatch.setattr(est, "_COSTS", {})
+    monkeypatch.setattr(est, "use_cls_only", lambda model: switched.append(model) or True)
+    cfg = RunConfig(kind="distill", teacher=str(teacher_dir), student="from-teacher", data=str(reviews_parquet),
+                    max_length=16, num_train_epochs=1.0, per_device_train_batch_size=8, eval_strategy="no", **changes)
+    estimate_run(cfg)
+    assert len(switched) == (2 if timed_cls_only else 0)  # the student's and the teacher's timed steps
