@@ -324,8 +324,8 @@ def run_benchmark(models: list[str], batch_sizes=(1, 100), max_length: int = 128
                 m = measure(bm.model, b, ids, max_length, n_rows, repeats, warmup,
                             getattr(bm.tokenizer, "pad_token_id", None) or 0, flops, cls_only=last)
                 rows.append({"model": spec, "label": model_label(spec), "precision": precision, "device": device,
-                             "max_length": max_length, "last_layer": "cls-only" if last else "full", **m, "params": bm.params,
-                             "non_embedding_params": bm.non_embedding_params, "size_mb": bm.size_mb,
+                             "max_length": max_length, "last_layer": "cls-only" if last else "full", **m,
+                             "params": bm.params, "non_embedding_params": bm.non_embedding_params, "size_mb": bm.size_mb,
                              "size_source": bm.size_source, "threads": env["threads"], "torch": env["torch"]})
                 done += 1
             del bm
@@ -466,8 +466,7 @@ def describe_setup(result: dict) -> str:
     forward = ("kdapp's path, last layer at [CLS] only where the model allows" if cfg.get("cls_only")
                else "the models' full forward")
     return (f"Inputs: {inputs}; {forward}; {cfg.get('repeats')} timed passes after {cfg.get('warmup')} warm-up "
-            f"batch(es). "
-            f"Device: {env['device']} ({env['device_name']}), {env['threads']} threads, "
+            f"batch(es). Device: {env['device']} ({env['device_name']}), {env['threads']} threads, "
             f"OMP_WAIT_POLICY={env['omp_wait_policy']}, torch {env['torch']}, load average {env.get('load_avg_1m')}.")
 
 

@@ -194,6 +194,11 @@ class RunConfig:
         tag = "" if self.kind == "teacher" else ("-nokd" if self.alpha == 1.0 else "-kd")
         return f"{self.kind}-{slug}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
+    def last_layer_cls_only(self) -> bool:
+        """Whether the run computes its models' last layer at [CLS] only: asked for, and no hidden-state loss reads
+        the other positions."""
+        return self.cls_only and self.hidden_loss == "none"
+
     def resolved_output_dir(self) -> Path:
         if not (self.output_dir or self.run_name) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("under torchrun/accelerate pass --output_dir (or --run_name): every process must "

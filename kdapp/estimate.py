@@ -250,7 +250,7 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
     if cfg.max_length > limit:  # the run would fail on this after loading everything (train._check_max_length)
         raise ModelError(f"max_length {cfg.max_length} is beyond the model's limit of {limit} positions; use "
                          f"--max_length {limit} or less")
-    cls_only = cfg.cls_only and cfg.hidden_loss == "none"  # as train.py switches the models
+    cls_only = cfg.last_layer_cls_only()
     student = measure_step_cost(student_cfg, tokens, device, threads, cls_only)
     token_count = trained_rows * tokens
     # views made on the fly (mixup, online masking): one more student forward + backward per step each

@@ -133,7 +133,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
                              "(teacher_precision auto)")
         fingerprint = f"{teacher_fingerprint(teacher)}-int8"  # the cache never mixes int8 and fp32 logits
         teacher = prepare_model(teacher, "int8", "cpu")
-    if cfg.cls_only and cfg.hidden_loss == "none":  # the teacher's logits too (a copy when it went int8 above)
+    if cfg.last_layer_cls_only():  # the teacher's logits too (a copy when it went int8 above)
         use_cls_only(teacher)
     cache, cache_hit = None, False
     if cfg.cache_teacher_logits and cfg.alpha < 1.0:
@@ -183,7 +183,7 @@ def _dropout_path(cfg: RunConfig, model) -> str:
 def _last_layer(cfg: RunConfig, model) -> str:
     """Switch the trained model's last layer to [CLS] only when asked and nothing reads its other positions (the
     hidden-state loss does); what the metadata records: cls-only or full."""
-    if cfg.cls_only and cfg.hidden_loss == "none" and use_cls_only(model):
+    if cfg.last_layer_cls_only() and use_cls_only(model):
         return "cls-only"
     return "full"
 
