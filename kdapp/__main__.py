@@ -1,4 +1,4 @@
-"""Command line: python -m kdapp {teacher,distill,evaluate,predict,bench,sweep,calibrate} ...
+"""Command line: python -m kdapp {teacher,distill,evaluate,predict,bench,sweep,calibrate,int8-calibrate} ...
 
 teacher/distill flags are RunConfig's fields (spelled like TrainingArguments'); the app builds the same RunConfig.
 """
@@ -89,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_eval_samples", type=int, help="use the first N validation rows")
     p.add_argument("--max_length", type=int, help="default: the run's max_length")
     p.add_argument("--no_save", action="store_true", help="do not write <model>/calibration.json")
+
+    p = sub.add_parser("int8-calibrate", help="record activation maxima so that int8 smooths the feed-forward outputs",
+                       description="Write <model>/int8_calibration.safetensors from the first training reviews of "
+                                   "--data (seed-42 split): evaluate, predict, bench and the app then run int8 with "
+                                   "the feed-forward output layers smoothed (SmoothQuant). Runs trained by kdapp "
+                                   "carry one already.", formatter_class=_DefaultsHelp)
+    p.add_argument("--model", required=True, help="checkpoint folder")
+    p.add_argument("--data", required=True, help="reviews to calibrate on (the first --rows of its training split)")
+    p.add_argument("--rows", type=int, default=256, help="training reviews to run")
+    p.add_argument("--max_length", type=int, help="default: the run's max_length, else 512")
 
     p = sub.add_parser("evaluate", help="score a model on labelled reviews (accuracy, F1, ECE, ...) -> JSON")
     p.add_argument("--model", required=True, help="checkpoint folder or hub id")
@@ -274,8 +284,18 @@ def cmd_calibrate(ns) -> int:
     return 0
 
 
+def cmd_int8_calibrate(ns) -> int:
+    from kdapp.quantize import calibrate_checkpoint
+
+    res = calibrate_checkpoint(ns.model, ns.data, ns.rows, ns.max_length)
+    print(f"wrote {res['path']}: {res['layers']} feed-forward output layers, {res['rows']} reviews at max_length "
+          f"{res['max_length']}")
+    return 0
+
+
 COMMANDS = {"teacher": cmd_train, "distill": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "sweep": cmd_sweep, "calibrate": cmd_calibrate, "bench": cmd_bench}
+            "sweep": cmd_sweep, "calibrate": cmd_calibrate, "int8-calibrate": cmd_int8_calibrate,
+            "bench": cmd_bench}
 
 if __name__ == "__main__":
     sys.exit(main())

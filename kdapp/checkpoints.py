@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .quantize import save_calibration
+
 
 INCOMPLETE = ".incomplete"
 RUN_FILES = ("config.json", "model.safetensors", "run_config.json", "metrics.json")
@@ -55,10 +57,11 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def save_run(model, tokenizer, output_dir: Path, run_config: dict, metrics: dict, overwrite: bool = False,
-             arrays: dict | None = None) -> Path:
+             arrays: dict | None = None, int8_maxima: dict | None = None) -> Path:
     """Write a whole run to <output_dir>.incomplete/final, then rename it to output_dir in one step.
 
-    `arrays` ({name: numpy array}) are saved as <name>.npy, e.g. validation_logits (row order of the seed split).
+    `arrays` ({name: numpy array}) are saved as <name>.npy, e.g. validation_logits (row order of the seed split);
+    `int8_maxima` as the int8 calibration (kdapp/quantize.py).
     """
     output_dir = Path(output_dir)
     staging = work_dir(output_dir) / "final"
@@ -70,6 +73,8 @@ def save_run(model, tokenizer, output_dir: Path, run_config: dict, metrics: dict
     metrics = dict(metrics, size_mb=folder_size_mb(staging))
     for name, array in (arrays or {}).items():
         np.save(staging / f"{name}.npy", array, allow_pickle=False)
+    if int8_maxima:
+        save_calibration(staging, int8_maxima)
     write_json(staging / "run_config.json", run_config)
     write_json(staging / "metrics.json", metrics)
     _fsync_tree(staging)

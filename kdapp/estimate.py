@@ -20,6 +20,7 @@ from .config import FROM_TEACHER, RunConfig
 from .data import FILE_FORMATS, LOCAL_HINT, DataError, read_source
 from .hub import hub_reachable, looks_like_hub_id
 from .models import ModelError, resolve
+from .quantize import CALIBRATION_ROWS
 
 IMDB_TRAIN_ROWS, IMDB_TEST_ROWS = 25_000, 25_000
 IMDB_MEAN_TOKENS = 300      # mean WordPiece tokens of an IMDb review (without truncation)
@@ -256,7 +257,8 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
     # views made on the fly (mixup, online masking): one more student forward + backward per step each
     views = int(cfg.mixup_alpha > 0) + int(cfg.online_mask_prob > 0) if cfg.kind == "distill" else 0
     seconds = (1 + views) * token_count * student.train_s_per_token + steps * student.optimizer_s_per_step
-    scored = (eval_rows * n_evals + eval_rows + test_rows) * tokens  # periodic + final validation, test
+    # periodic + final validation, test, the int8 calibration pass over the first training reviews
+    scored = (eval_rows * n_evals + eval_rows + test_rows + min(CALIBRATION_ROWS, train_rows)) * tokens
     seconds += scored * student.forward_s_per_token
     if teacher_cfg is not None and cfg.alpha < 1.0:
         teacher = measure_step_cost(teacher_cfg, tokens, device, threads, cls_only)

@@ -40,7 +40,7 @@ def evaluate_checkpoint(model_name: str, data: str, max_eval_samples: int | None
     return {"model": model_name, "data": data, "precision": precision, "device": str(device or "auto"),
             "max_length": max_length, "params": params,
             "size_mb": folder_size_mb(folder) if folder.is_dir() and precision == "fp32" else quantized_size_mb(model),
-            **metrics}
+            **({"int8": model.kdapp_int8} if hasattr(model, "kdapp_int8") else {}), **metrics}
 
 
 def _run_config(model_name: str) -> dict:

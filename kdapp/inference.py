@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import warnings
 
 import numpy as np
 import torch
 
 from .cls_only import cls_only as last_layer_cls_only
 from .encoding import encode
+from .quantize import quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ def default_device() -> str:
 def prepare_model(model: torch.nn.Module, precision: str = "fp32", device: str | None = None) -> torch.nn.Module:
     """A copy of `model` ready for inference at `precision` on `device` (the original is left untouched).
 
-    CPU int8 is torch's dynamic quantization of every nn.Linear (weights int8, activations quantized per batch);
-    CUDA int8/int4 use bitsandbytes when it is installed.
+    CPU int8 is torch's dynamic quantization of every nn.Linear (weights int8 per output channel, activations
+    quantized per batch), the feed-forward output layers smoothed when the model carries int8 calibration
+    (kdapp/quantize.py: load_model attaches a checkpoint's); CUDA int8/int4 use bitsandbytes when it is installed.
     """
     device = device or default_device()
     if precision not in PRECISIONS:
@@ -48,11 +49,7 @@ def prepare_model(model: torch.nn.Module, precision: str = "fp32", device: str |
         raise ValueError("fp16 is slow or unsupported on CPU; use bf16 or int8")
     model = copy.deepcopy(model).eval().to(device)
     if precision == "int8":
-        with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao (STACK_NOTES 6)
-            warnings.simplefilter("ignore")
-            from torch.ao.quantization import quantize_dynamic
-
-            model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = quantize_int8(model, getattr(model, "kdapp_int8_maxima", None))
     elif precision in ("bf16", "fp16"):
         model = model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
     model.kdapp_precision = precision

@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers.utils import logging as hf_logging
 
 from .hub import hub_reachable, looks_like_hub_id
+from .quantize import load_calibration
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ def load_model(name: str, num_labels: int = 2, dtype: torch.dtype | None = None)
                          "model, or train / download it again.") from e
     except (OSError, ValueError, EnvironmentError, RuntimeError) as e:
         raise _load_error(name, e) from e
+    if Path(name).is_dir() and (maxima := load_calibration(name)):
+        model.kdapp_int8_maxima = maxima  # prepare_model(model, "int8") smooths with them (kdapp/quantize.py)
     return model
 
 
@@ -182,6 +185,7 @@ def student_from_teacher(teacher: PreTrainedModel, student_layers: int | None = 
     """
     keep = student_layer_map(len(_encoder_layers(teacher)), student_layers)
     student = copy.deepcopy(teacher)
+    student.__dict__.pop("kdapp_int8_maxima", None)  # the teacher's layers' int8 calibration, not the student's
     layers = _encoder_layers(student)
     kept = torch.nn.ModuleList([layers[i] for i in keep])
     for new_idx, layer in enumerate(kept):  # attention modules remember their index (KV-cache bookkeeping)

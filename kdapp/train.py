@@ -26,12 +26,13 @@ from .config import FROM_TEACHER, RunConfig
 from .data import load_splits, load_transfer_texts
 from .distill import IGNORE, DistillationTrainer
 from .dropout import restore_dropout, use_fast_dropout
-from .encoding import masked_views, tokenize_dataset, window_views
+from .encoding import encode, masked_views, tokenize_dataset, window_views
 from .evaluation import score
 from .inference import prepare_model
 from .metrics import trainer_metrics
 from .models import (check_same_tokenizer, count_parameters, load_model, load_pair, load_tokenizer,
                      set_attention_dropout, student_from_teacher)
+from .quantize import CALIBRATION_ROWS, activation_maxima, calibration_tag
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,9 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         if use_cuda:
             raise ValueError("teacher_precision int8 is for CPU runs; on a GPU the teacher runs in half precision "
                              "(teacher_precision auto)")
-        fingerprint = f"{teacher_fingerprint(teacher)}-int8"  # the cache never mixes int8 and fp32 logits
+        # the cache never mixes int8 and fp32 logits, nor int8 with other calibration
+        fingerprint = (f"{teacher_fingerprint(teacher)}-int8-perchannel"
+                       f"{calibration_tag(getattr(teacher, 'kdapp_int8_maxima', None))}")
         teacher = prepare_model(teacher, "int8", "cpu")
     if cfg.last_layer_cls_only():  # the teacher's logits too (a copy when it went int8 above)
         use_cls_only(teacher)
@@ -318,6 +321,10 @@ def _train_and_save(cfg: RunConfig, trainer: Trainer, tokenizer, splits, out: Pa
                "train_samples_per_second": output.metrics.get("train_samples_per_second"),
                "train_loss": output.metrics.get("train_loss"), "global_step": state.global_step,
                "params": count_parameters(model)}
+    # int8 calibration from the first training reviews: prepare_model(load_model(out), "int8") smooths with it
+    first = splits["train"].select(range(min(CALIBRATION_ROWS, len(splits["train"]))))
+    ids = encode(tokenizer, first["text"], cfg.max_length, cfg.truncation, cfg.resolved_head_tokens())
+    model.kdapp_int8_maxima = activation_maxima(model, ids, tokenizer.pad_token_id or 0)
     labels_preds, arrays = None, {}
     for split in ("validation", "test"):
         if split in splits:
@@ -328,7 +335,8 @@ def _train_and_save(cfg: RunConfig, trainer: Trainer, tokenizer, splits, out: Pa
                 labels_preds = (splits[split]["label"], logits.argmax(-1))
             arrays[f"{split}_logits"] = logits
     run_config = cfg.to_dict() | {"run_name": out.name, "output_dir": str(out), "meta": meta | _environment()}
-    save_run(model, tokenizer, out, run_config, metrics, overwrite=cfg.overwrite, arrays=arrays)
+    save_run(model, tokenizer, out, run_config, metrics, overwrite=cfg.overwrite, arrays=arrays,
+             int8_maxima=model.kdapp_int8_maxima)
     tracking.finish_run({f"final/{k}": v for k, v in metrics["validation"].items()}, *labels_preds)
     log.info("run written to %s", out)
     return RunResult("done", out, metrics, f"saved {out}", state.log_history)

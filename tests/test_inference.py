@@ -167,3 +167,4 @@ def test_evaluate_reports_int8_next_to_fp32(teacher_dir, reviews_parquet, tmp_pa
     results = json.loads(out_file.read_text())["results"]
     assert [r["precision"] for r in results] == ["fp32", "int8"] and all(r["n"] == 40 for r in results)
     assert results[1]["size_mb"] < results[0]["size_mb"] and results[1]["params"] == results[0]["params"]
+    assert results[1]["int8"] == "per-channel" and "int8" not in results[0]  # teacher_dir has no int8 calibration

@@ -13,6 +13,7 @@ from kdapp.data import load_splits
 from kdapp.encoding import encode
 from kdapp.inference import logits_from_ids, prepare_model
 from kdapp.models import ModelError, load_pair
+from kdapp.quantize import CALIBRATION_FILE, calibration_tag
 from kdapp.train import distill_student, train_teacher
 
 FAST = dict(max_length=32, max_steps=3, per_device_train_batch_size=8, per_device_eval_batch_size=32,
@@ -235,7 +236,9 @@ def test_int8_teacher_fills_its_own_cache_with_its_own_logits(teacher_run, revie
         "teacher_precision_effective"] == "int8"
     teacher, tok = load_pair(str(teacher_run.output_dir))
     name, stored = _only_cache_file(tmp_path)
-    assert name == f"{teacher_fingerprint(teacher)}-int8"  # never mixed with the fp32 teacher's cache
+    # never mixed with the fp32 teacher's cache, nor with int8 logits of another calibration (the teacher run's own)
+    assert teacher.kdapp_int8_maxima and (teacher_run.output_dir / CALIBRATION_FILE).is_file()
+    assert name == f"{teacher_fingerprint(teacher)}-int8-perchannel{calibration_tag(teacher.kdapp_int8_maxima)}"
     ids = encode(tok, load_splits(str(reviews_parquet), None, 48)["train"]["text"], 32)
     got = torch.stack([stored[k.tobytes()] for k in row_keys(ids)])
     # dynamic int8 quantizes activations per batch: batched as the run batched them (per_device_eval_batch_size)
