@@ -175,6 +175,13 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "nokd-3ep-s43": ("control: no-KD student, 3 epochs, seed 43",
                          RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, seed=43, **COMMON,
                                    **KDAPP_STUDENT_3EP)),
+        # the third seed of the best labelled-only recipe and of its reference
+        "kd-masked-online-3ep-s44": ("kd-masked-online-3ep, seed 44",
+                                     RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, online_mask_prob=0.15,
+                                               seed=44, **COMMON, **KDAPP_STUDENT_3EP)),
+        "nokd-3ep-s44": ("control: no-KD student, 3 epochs, seed 44",
+                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, seed=44, **COMMON,
+                                   **KDAPP_STUDENT_3EP)),
         # kdapp's CPU dropout path (the default since it was built): does the faster step cost accuracy?
         "kd-transfer-masked-fastdrop": ("kd-transfer-masked, kdapp's CPU dropout path",
                                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
@@ -329,7 +336,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-masked-online-3ep-s43", "nokd-s43"), ("kd-masked-online-3ep-s43", "nokd-3ep-s43"),
              ("nokd-3ep-s43", "nokd-s43"), ("kd-masked-online30-3ep", "nokd-3ep"),
              ("kd-masked-online30-3ep", "kd-masked-online-3ep"), ("kd-masked-online30-3ep-s43", "nokd-3ep-s43"),
-             ("kd-masked-online30-3ep-s43", "kd-masked-online-3ep-s43")]
+             ("kd-masked-online30-3ep-s43", "kd-masked-online-3ep-s43"),
+             ("kd-masked-online-3ep-s44", "nokd-3ep-s44"), ("nokd-3ep-s44", "nokd-s44")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
 

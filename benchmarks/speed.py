@@ -260,7 +260,8 @@ def kdapp_pass(model, tokenizer, texts, labels, max_length: int, precision: str,
     return {"seconds": round(seconds, 2), "samples_per_s": round(len(texts) / seconds, 2),
             "accuracy": round(float((logits.argmax(-1) == np.asarray(labels)).mean()), 4), "n": len(texts),
             "size_mb": state_dict_size_mb(prepared), "last_layer": "cls-only",
-            "batch_size": batch_size, "max_batch_tokens": batch_tokens("cpu", max_tokens)}
+            "batch_size": batch_size, "max_batch_tokens": batch_tokens("cpu", max_tokens)} | (
+                {"int8": prepared.kdapp_int8} if precision == "int8" else {})
 
 
 def model_flops(model, lengths: list[int], cls_only: bool = False) -> float:
@@ -494,7 +495,8 @@ def write_report(report: dict, out: Path) -> None:
         lines += ["", "| inference path | reviews/s | accuracy | reviews | size MB | last layer |",
                   "|---|---|---|---|---|---|"]
         for k, v in report["inference"].items():
-            lines.append(f"| {k} | {v['samples_per_s']:.1f} | {100 * v['accuracy']:.2f} % | {v['n']} | "
+            name = f"{k} ({v['int8']})" if "int8" in v else k
+            lines.append(f"| {name} | {v['samples_per_s']:.1f} | {100 * v['accuracy']:.2f} % | {v['n']} | "
                          f"{v.get('size_mb', '-')} | {v.get('last_layer', 'full')} |")
     if report.get("batch_tokens"):
         lines += ["", "Tokens per batch on CPU (the teacher, the first validation reviews; kdapp's rows: batch_size "
