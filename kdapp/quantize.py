@@ -58,7 +58,8 @@ def ffn_output_layers(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
 @torch.inference_mode()
 def activation_maxima(model: torch.nn.Module, ids: list[list[int]], pad_id: int,
                       batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """{layer name: max |input| per input channel} of the feed-forward output layers over `ids` (full forward)."""
+    """{layer name: max |input| per input channel} of the feed-forward output layers over `ids` (full forward, in
+    eval mode; the model's mode is restored)."""
     from .inference import logits_from_ids
 
     if not ids:
@@ -72,9 +73,11 @@ def activation_maxima(model: torch.nn.Module, ids: list[list[int]], pad_id: int,
         return record
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in ffn_output_layers(model).items()]
+    was_training = model.training
     try:
         logits_from_ids(model.eval(), ids, pad_id, batch_size, cls_only=False)
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
     return maxima

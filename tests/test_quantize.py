@@ -37,8 +37,10 @@ def test_ffn_output_layers_are_the_linears_reading_the_intermediate_width():
 
 
 def test_maxima_are_the_largest_input_per_channel(ids):
-    model = outlier_bert()
+    model = outlier_bert().train()
     maxima = activation_maxima(model, ids, 0)
+    assert model.training  # left as it was
+    model.eval()
     assert set(maxima) == set(ffn_output_layers(model)) and all(v.shape == (128,) for v in maxima.values())
     seen = []
     layer = model.bert.encoder.layer[1].output.dense
