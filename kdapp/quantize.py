@@ -153,8 +153,7 @@ def calibrate_checkpoint(model_dir: str, data: str, rows: int = CALIBRATION_ROWS
                          max_length: int | None = None) -> dict:
     """`python -m kdapp int8-calibrate`: (re)write a checkpoint folder's int8 calibration from the first `rows`
     reviews of `data`'s seed-42 training split (checkpoints saved by kdapp's training carry one already)."""
-    import json
-
+    from .checkpoints import load_run_info
     from .data import load_splits
     from .encoding import encode
     from .models import load_pair
@@ -165,11 +164,9 @@ def calibrate_checkpoint(model_dir: str, data: str, rows: int = CALIBRATION_ROWS
     if rows < 1:
         raise ValueError(f"rows must be at least 1, got {rows}")
     model, tokenizer = load_pair(str(folder))
-    try:
-        run = json.loads((folder / "run_config.json").read_text())
-    except (OSError, ValueError):
-        run = {}
-    max_length = max_length or run.get("max_length") or 512
+    run = load_run_info(folder).run_config  # {} for a folder kdapp did not train
+    max_length = min(max_length or run.get("max_length") or 512,
+                     getattr(model.config, "max_position_embeddings", None) or 512)
     texts = load_splits(data, max_train_samples=rows)["train"]["text"]
     ids = encode(tokenizer, texts, max_length, run.get("truncation", "head"), run.get("head_tokens"))
     maxima = activation_maxima(model, ids, tokenizer.pad_token_id or 0)

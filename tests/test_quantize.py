@@ -121,6 +121,9 @@ def test_cli_int8_calibrate_writes_the_file_and_refuses_what_it_cannot_write(tea
     assert (folder / CALIBRATION_FILE).is_file() and not list(folder.glob("*.tmp"))
     assert hasattr(load_model(str(folder)), "kdapp_int8_maxima")
 
+    assert main(["int8-calibrate", "--model", str(folder), "--data", str(reviews_parquet), "--rows", "8"]) == 0
+    assert "8 reviews at max_length 64" in capsys.readouterr().out  # the tiny model's 64 positions, not 512
+
     assert main(["int8-calibrate", "--model", "bert-base-uncased", "--data", str(reviews_parquet)]) == 2
     assert "not a local model folder" in capsys.readouterr().err
     assert main(["int8-calibrate", "--model", str(folder), "--data", str(reviews_parquet), "--rows", "0"]) == 2
