@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from speed import DATA, seed_split_rows  # noqa: E402  (the same validation reviews as speed.py)
 
 TEACHER = "checkpoints/cpu-scale/teacher"
-VARIANTS = (("int8-pertensor", default_dynamic_qconfig, False), ("int8-pertensor-headfp32", default_dynamic_qconfig, True),
+VARIANTS = (("int8-pertensor", default_dynamic_qconfig, False),
+            ("int8-pertensor-headfp32", default_dynamic_qconfig, True),
             ("int8-perchannel", per_channel_dynamic_qconfig, False),
             ("int8-perchannel-headfp32", per_channel_dynamic_qconfig, True))
 
@@ -69,9 +70,9 @@ def choose_alpha(teacher, tokenizer, alphas: list[float]) -> None:
 
 
 def main() -> None:
-    args = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    args.add_argument("--alphas", type=float, nargs="+", help="only compare these smoothing strengths")
-    args = args.parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--alphas", type=float, nargs="+", help="only compare these smoothing strengths")
+    args = parser.parse_args()
     warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
     teacher, tokenizer = load_pair(TEACHER)
     teacher.eval()
