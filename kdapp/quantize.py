@@ -89,7 +89,7 @@ def save_calibration(folder: Path | str, maxima: dict[str, torch.Tensor]) -> Pat
 
     path = Path(folder) / CALIBRATION_FILE
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in maxima.items()}, str(tmp), metadata={"smooth_alpha": str(SMOOTH_ALPHA)})
+    save_file({k: v.contiguous() for k, v in maxima.items()}, str(tmp))  # maxima only: the strength applies at load
     os.replace(tmp, path)
     return path
 
