@@ -45,13 +45,20 @@ STUDENT = dict(student=FROM_TEACHER, student_layers=3)  # the fine-tuned teacher
 KD = dict(alpha=0.5, temperature=2.0, cache_teacher_logits=True)  # kdapp's KD students: teacher logits cached
 TRANSFER_MASKED = dict(KD, transfer_data="rest", transfer_samples=2000, augment_masked=1, augment_mask_prob=0.15)
 KDAPP_STUDENT_3EP = dict(KDAPP_STUDENT, num_train_epochs=3.0)
+FOLDS = 4  # cross-fitting: teachers holding out one quarter of the labelled reviews each (kdapp/cross_fit.py)
 
 
 def runs() -> dict[str, tuple[str, RunConfig]]:
     """name -> (what it is, config). Order matters: teachers first."""
     t_seed, t_kdapp = str(ROOT / "seed-teacher"), str(ROOT / "teacher")
     seed_student = dict(teacher=t_seed, student="from:minilm", student_layers=3)  # pretrained layers 0, 2, 4
+    fold_teachers = ",".join(str(ROOT / f"teacher-fold{k}") for k in range(FOLDS))
+    cross_fit = dict(KD, fold_teachers=fold_teachers)
     return {
+        **{f"teacher-fold{k}": (f"cross-fitting: the kdapp teacher's recipe, fold {k}/{FOLDS} of the labelled "
+                                "reviews held out", RunConfig(kind="teacher", model="minilm", holdout_fold=f"{k}/{FOLDS}",
+                                                              **COMMON, **KDAPP))
+           for k in range(FOLDS)},
         "seed-teacher": ("seed recipe: teacher", RunConfig(kind="teacher", model="minilm", **COMMON, **SEED)),
         "seed-kd": ("seed recipe: KD student (alpha 0.5, T 2)",
                     RunConfig(kind="distill", **seed_student, alpha=0.5, temperature=2.0, **COMMON, **SEED)),
@@ -189,6 +196,13 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "nokd-fastdrop": ("control: no-KD student, kdapp's CPU dropout path",
                           RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, **FAST_DROPOUT,
                                     **KDAPP_STUDENT)),
+        # cross-fitting: the labelled reviews' soft targets from the fold teachers that held them out (the teacher
+        # is 97 % right and 0.98 sure on its own training reviews: its soft targets there are nearly the labels)
+        **{f"kd-crossfit{sfx}": (f"kdapp: KD student, labelled reviews only, soft targets cross-fitted over "
+                                 f"{FOLDS} fold teachers" + (f", seed {seed}" if sfx else ""),
+                                 RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **cross_fit, seed=seed,
+                                           **COMMON, **KDAPP_STUDENT))
+           for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
     }
 
 
@@ -337,7 +351,9 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("nokd-3ep-s43", "nokd-s43"), ("kd-masked-online30-3ep", "nokd-3ep"),
              ("kd-masked-online30-3ep", "kd-masked-online-3ep"), ("kd-masked-online30-3ep-s43", "nokd-3ep-s43"),
              ("kd-masked-online30-3ep-s43", "kd-masked-online-3ep-s43"),
-             ("kd-masked-online-3ep-s44", "nokd-3ep-s44"), ("nokd-3ep-s44", "nokd-s44")]
+             ("kd-masked-online-3ep-s44", "nokd-3ep-s44"), ("nokd-3ep-s44", "nokd-s44"),
+             ("kd-crossfit", "nokd"), ("kd-crossfit", "kd"), ("kd-crossfit-s43", "nokd-s43"),
+             ("kd-crossfit-s44", "nokd-s44")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
 
@@ -361,6 +377,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
             lines.append(f"- {base}: " + ", ".join(f"{100 * a:.2f} % (seed {sd})" for sd, a in v["runs"])
                          + f"; mean {100 * v['mean']:.2f} %, range {100 * v['range']:.2f} points")
         for recipe, reference in (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"),
+                                  ("kd-crossfit", "nokd"),
                                   ("kd-masked-online-3ep", "nokd-3ep"), ("kd-masked-online30-3ep", "nokd-3ep")):
             if {recipe, reference} <= spread.keys():  # over the seeds both have
                 seeds = sorted({sd for sd, _ in spread[recipe]["runs"]} & {sd for sd, _ in spread[reference]["runs"]})
@@ -406,6 +423,16 @@ def seed_spread(rows: list[dict], table: dict) -> dict:
     return out
 
 
+def runs_not_here(out: Path, table: dict, training: list[str]) -> list[str]:
+    """Runs in the saved report at `out` whose checkpoints are not under ROOT (nor about to be trained): rewriting
+    that report here would drop their rows (checkpoints stay on the machine that trained them)."""
+    path = out.with_suffix(".json")
+    if not path.is_file():
+        return []
+    saved = [r["run"] for r in json.loads(path.read_text()).get("rows", [])]
+    return [r for r in saved if r in table and r not in training and not is_complete(ROOT / r)]
+
+
 def _seconds(value) -> str:
     return "-" if value is None else f"{value:.0f} s"
 
@@ -420,6 +447,11 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(DATA).is_file():
         sys.exit(f"{DATA} not found: run from the repo root with ../shared/data/imdb/train.parquet beside it")
+    missing = runs_not_here(Path(args.out), table, [] if args.report_only else args.runs)
+    if missing:  # checked before any training, so that no run is made for a report that cannot be written
+        sys.exit(f"{args.out}.md holds {len(missing)} runs whose checkpoints are not under {ROOT} "
+                 f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}): rewriting it here would drop "
+                 "them. Bring those checkpoints back, or write this report elsewhere with --out.")
     if not args.report_only:
         for name in args.runs:
             ensure_run(name, table[name][1], args.num_threads)

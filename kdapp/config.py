@@ -43,6 +43,10 @@ class RunConfig:
     max_length: int = _f(512, "Truncate reviews to this many tokens (batches are padded dynamically).")
     truncation: str = _f("head", "'head' keeps the first tokens; 'head_tail' keeps the first and last (Sun et al. 2019).")
     head_tokens: int | None = _f(None, "With head_tail: tokens kept from the start (default 128/512 of max_length).")
+    holdout_fold: str | None = _f(None, "Cross-fitting: 'k/K' trains on the labelled rows outside fold k of K (rows "
+                                        "i with i mod K = k of the seed-shuffled training split are held out), so "
+                                        "that this teacher can label them for a student (--fold_teachers).",
+                                  kinds="teacher")
     # optimisation (names as in TrainingArguments)
     num_train_epochs: float = _f(1.0, "Training epochs.")
     max_steps: int = _f(-1, "Stop after N optimizer steps (overrides epochs when > 0).")
@@ -103,6 +107,11 @@ class RunConfig:
                                         "fp32 on CPU), fp32, or int8 (CPU: dynamic quantization; faster teacher "
                                         "forwards, but it changes the soft targets: README, Accuracy).",
                                 kinds="distill")
+    fold_teachers: str | None = _f(None, "Cross-fitted soft targets: comma-separated folders of teachers trained "
+                                         "with --holdout_fold 0/K ... K-1/K on the same data and rows; each labels "
+                                         "the labelled reviews it held out, so the student learns from soft targets "
+                                         "no teacher memorised (transfer rows and augmented views keep --teacher). "
+                                         "Needs --cache_teacher_logits.", kinds="distill")
     # bookkeeping
     output_dir: str | None = _f(None, "Run folder (default checkpoints/<run_name>).")
     run_name: str | None = _f(None, "Run name (default <kind>-<model>-<time>).")
@@ -175,6 +184,15 @@ class RunConfig:
                 raise ValueError("teacher_max_length (a longer input for the teacher than for the student) needs "
                                  "alpha < 1, cache_teacher_logits and hidden_loss none: the teacher reads its "
                                  "longer inputs once, for the cache")
+        if self.holdout_fold is not None:
+            parse_fold(self.holdout_fold)
+        if self.fold_teachers is not None:
+            if not self.fold_teacher_list():
+                raise ValueError("fold_teachers is empty: give the folders of the K fold teachers, comma-separated")
+            if self.alpha == 1.0 or not self.cache_teacher_logits or self.teacher_precision == "int8":
+                raise ValueError("fold_teachers (cross-fitted soft targets) needs alpha < 1 and cache_teacher_logits, "
+                                 "with the teacher in fp32 (teacher_precision auto or fp32): the fold teachers label "
+                                 "the labelled rows once, for the cache")
         if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.run_name):
             raise ValueError(f"run_name may hold letters, digits, '.', '_' and '-' only (max 100), got {self.run_name!r}")
 
@@ -193,6 +211,9 @@ class RunConfig:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(base).name).strip("-") or "model"
         tag = "" if self.kind == "teacher" else ("-nokd" if self.alpha == 1.0 else "-kd")
         return f"{self.kind}-{slug}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def fold_teacher_list(self) -> list[str]:
+        return [x.strip() for x in (self.fold_teachers or "").split(",") if x.strip()]
 
     def last_layer_cls_only(self) -> bool:
         """Whether the run computes its models' last layer at [CLS] only: asked for, and no hidden-state loss reads
@@ -223,6 +244,14 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def parse_fold(spec: str) -> tuple[int, int]:
+    """'k/K' -> (k, K), fold k of K (0 <= k < K, K >= 2)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
+    if not match or not 0 <= int(match[1]) < int(match[2]) or int(match[2]) < 2:
+        raise ValueError(f"holdout_fold must be 'k/K' with K >= 2 and 0 <= k < K (e.g. 0/4), got {spec!r}")
+    return int(match[1]), int(match[2])
 
 
 def cli_fields(kind: str) -> list[dataclasses.Field]:

@@ -22,7 +22,8 @@ from . import tracking
 from .cache import teacher_fingerprint, teacher_logits
 from .checkpoints import last_trainer_checkpoint, save_run, work_dir, write_json
 from .cls_only import restore_last_layer, use_cls_only
-from .config import FROM_TEACHER, RunConfig
+from .config import FROM_TEACHER, RunConfig, parse_fold
+from .cross_fit import check_fold_teachers, cross_fit_logits, training_rows_outside_fold
 from .data import load_splits, load_transfer_texts
 from .distill import IGNORE, DistillationTrainer
 from .dropout import restore_dropout, use_fast_dropout
@@ -55,6 +56,11 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     out, resume_from = _prepare_output(cfg)
     _set_threads(cfg.num_threads)
     splits = load_splits(cfg.data, cfg.test_data, cfg.max_train_samples, cfg.max_eval_samples)  # data errors first
+    held_out = 0
+    if cfg.holdout_fold:  # cross-fitting: leave fold k out, for this teacher to label it (kdapp/cross_fit.py)
+        kept = training_rows_outside_fold(len(splits["train"]), *parse_fold(cfg.holdout_fold))
+        held_out = len(splits["train"]) - len(kept)
+        splits["train"] = splits["train"].select(kept)
     transformers.set_seed(cfg.seed)  # the fresh classifier head is initialised while loading
     model, tokenizer = load_pair(cfg.model)
     if cfg.attention_dropout is not None:
@@ -70,8 +76,8 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     # the classifier's loss is a batch mean that ignores num_items_in_batch; left True, transformers 5.24 multiplies
     # it by the number of processes under torchrun (2x loss and gradients) and skips the gradient-accumulation division
     trainer.model_accepts_loss_kwargs = False
-    meta = {"train_rows": len(train_ds), "max_length_effective": max_length, "dropout_path": dropout_path,
-            "last_layer": last_layer}
+    meta = {"train_rows": len(train_ds), "held_out_rows": held_out, "max_length_effective": max_length,
+            "dropout_path": dropout_path, "last_layer": last_layer}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
 
 
@@ -95,6 +101,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         raise ValueError(f"hidden_loss needs equal widths; teacher hidden_size {teacher.config.hidden_size} != "
                          f"student {student.config.hidden_size}. Use --hidden_loss none or a student from the teacher.")
     last_layer = _last_layer(cfg, student)
+    folds = check_fold_teachers(cfg, len(splits["train"])) if cfg.fold_teachers else None  # before any work
 
     train_rows = splits["train"]
     transfer_rows = 0
@@ -138,7 +145,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         teacher = prepare_model(teacher, "int8", "cpu")
     if cfg.last_layer_cls_only():  # the teacher's logits too (a copy when it went int8 above)
         use_cls_only(teacher)
-    cache, cache_hit = None, False
+    cache, cache_hit, cross_fit = None, False, None
     if cfg.cache_teacher_logits and cfg.alpha < 1.0:
         teacher.to("cuda" if use_cuda else "cpu")
         teacher_ids = train_ds["input_ids"]
@@ -147,6 +154,9 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
                            + list(teacher_ids[len(train_rows):]))
         cache, cache_hit = teacher_logits(teacher, teacher_ids, tokenizer.pad_token_id or 0,
                                           cfg.per_device_eval_batch_size, fingerprint=fingerprint)
+        if folds:  # the labelled rows' soft targets from the teachers that held them out
+            cache, cross_fit = _cross_fit(cfg, folds, cache, teacher_ids[:len(splits["train"])],
+                                          splits["train"]["label"], tokenizer)
         if cfg.hidden_loss == "none" and not (cfg.mixup_alpha or cfg.online_mask_prob):  # no on-the-fly use
             teacher.to("cpu")
     args = _training_args(cfg, out, remove_unused_columns=False)
@@ -160,7 +170,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
     meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows, "transfer_rows": transfer_rows,
             "augment_rows": augment_rows, "augment_targets": "labels" if cfg.alpha == 1.0 else "teacher",
             "student_layer_map": layer_map, "teacher_logits_cached": cache is not None,
-            "teacher_logits_cache_hit": cache_hit, "max_length_effective": max_length,
+            "teacher_logits_cache_hit": cache_hit, "cross_fit": cross_fit, "max_length_effective": max_length,
             "teacher_max_length_effective": teacher_length if cfg.alpha < 1.0 else None,
             "teacher_precision_effective": _teacher_precision(cfg, use_cuda),
             "teacher_params": teacher_params, "dropout_path": dropout_path, "last_layer": last_layer,
@@ -170,6 +180,21 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
 
 
 # ---------------------------------------------------------------- pieces
+def _cross_fit(cfg: RunConfig, folds, cache: torch.Tensor, ids, labels, tokenizer) -> tuple[torch.Tensor, dict]:
+    """The cache with the labelled rows relabelled by the fold teachers (kdapp/cross_fit.py), and what they did."""
+    folders, n_folds = folds
+    teachers = []
+    for folder, k in folders:
+        model, fold_tok = load_pair(folder)
+        check_same_tokenizer(fold_tok, tokenizer)
+        if cfg.last_layer_cls_only():
+            use_cls_only(model)
+        teachers.append((model.to("cuda" if torch.cuda.is_available() else "cpu"), k))
+    cache, info = cross_fit_logits(cache, list(ids), list(labels), tokenizer.pad_token_id or 0, teachers, n_folds,
+                                   cfg.per_device_eval_batch_size)
+    return cache, info | {"fold_teachers": [str(f) for f, _ in folders]}
+
+
 def _view_targets(cfg: RunConfig, rate: float) -> str | None:
     """What labels an on-the-fly view (mixup, online masking): the teacher, or the labels for a no-KD student."""
     return None if not rate else "labels" if cfg.alpha == 1.0 else "teacher"

@@ -168,6 +168,8 @@ def test_estimate_counts_on_the_fly_views_and_masked_copies(teacher_dir, reviews
         estimate_run(dataclasses.replace(base, mixup_alpha=0.4)).seconds
     copies = estimate_run(dataclasses.replace(base, augment_masked=1))
     assert copies.steps == 2 * estimate_run(base).steps and copies.seconds > plain  # twice the rows per epoch
+    crossfit = estimate_run(dataclasses.replace(base, fold_teachers="f0,f1"))  # the fold teachers' labelling pass
+    assert crossfit.steps == estimate_run(base).steps and crossfit.seconds > plain
 
 
 @pytest.mark.parametrize("changes, timed_cls_only", [({}, True), ({"cls_only": False}, False),

@@ -144,6 +144,7 @@ def test_a_good_upload_is_trained_on(runs, tmp_path, teacher_dir):
     (dict(max_length=2), "max_length must be in [8, 8192], got 2"),
     (dict(max_length=128), "max_length 128 is beyond the model's limit of 64 positions"),
     (dict(attention_dropout=1), "attention_dropout must be in [0, 1), got 1.0"),
+    (dict(holdout_fold="2/2"), "holdout_fold must be 'k/K' with K >= 2 and 0 <= k < K (e.g. 0/4), got '2/2'"),
 ])
 def test_bad_teacher_settings(demo, runs, teacher_dir, reviews_parquet, form, message):
     job_id, status, _ = handler(demo, "start_teacher")(**teacher_form(teacher_dir, reviews_parquet, **form))
@@ -163,6 +164,9 @@ def test_bad_teacher_settings(demo, runs, teacher_dir, reviews_parquet, form, me
     (dict(teacher_max_length=64, cache_teacher_logits=False), "teacher_max_length (a longer input for the teacher "
      "than for the student) needs alpha < 1, cache_teacher_logits and hidden_loss none: the teacher reads its "
      "longer inputs once, for the cache"),
+    (dict(fold_teachers="a,b"), "fold_teachers (cross-fitted soft targets) needs alpha < 1 and cache_teacher_logits, "
+     "with the teacher in fp32 (teacher_precision auto or fp32): the fold teachers label the labelled rows once, for "
+     "the cache"),
 ])
 def test_bad_distill_settings(demo, runs, reviews_parquet, form, message):
     _, status, _ = start_distill(demo, runs[1]["teacher"], reviews_parquet, **form)
@@ -185,6 +189,29 @@ def test_teacher_length_precision_and_views_reach_the_run(runs, tmp_path, review
         (None, None)  # the no-KD student of the same job has no teacher
     assert (nokd.run_config["mixup_alpha"], nokd.run_config["meta"]["mixup_targets"]) == (0.0, None)
     assert (nokd.run_config["online_mask_prob"], nokd.run_config["meta"]["online_mask_targets"]) == (0.0, None)
+
+
+def test_holdout_fold_and_fold_teachers_reach_the_runs(runs, tmp_path, reviews_parquet, in_tmp_cwd, teacher_dir):
+    demo = build_app(JobRegistry(), tmp_path / "ckpt")
+    folds = []
+    for k in range(2):
+        job_id, status, _ = handler(demo, "start_teacher")(**teacher_form(teacher_dir, reviews_parquet,
+                                                                          run_name=f"fold{k}", holdout_fold=f"{k}/2"))
+        snap = finished(demo, job_id)
+        assert snap.status == "done", snap.status_line
+        (run,) = [r for r in demo.kdapp_context.runs(("teacher",)) if r.name == f"fold{k}"]
+        meta = run.run_config["meta"]
+        assert run.run_config["holdout_fold"] == f"{k}/2" and 0 < meta["held_out_rows"] <= meta["train_rows"] + 1
+        folds.append(str(run.path))
+    job_id, status, _ = start_distill(demo, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
+                                      fold_teachers=" , ".join(folds), also_nokd=True)
+    snap = finished(demo, job_id)
+    assert snap.status == "done", snap.status_line
+    (kd,), (nokd,) = demo.kdapp_context.runs(("kd",)), demo.kdapp_context.runs(("nokd",))
+    assert kd.run_config["fold_teachers"] == ",".join(folds)
+    assert (kd.run_config["meta"]["cross_fit"]["folds"], kd.run_config["meta"]["cross_fit"]["fold_teachers"]) == \
+        (2, folds)
+    assert nokd.run_config["fold_teachers"] is None and nokd.run_config["meta"]["cross_fit"] is None
 
 
 def test_teacher_and_student_with_different_tokenizers(runs, tmp_path, reviews_parquet):

@@ -93,6 +93,10 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
                                           info="0 keeps the fused attention kernel: faster on CPU, but a "
                                                "recipe change (README)",
                                           elem_id="train_attention_dropout")
+            holdout_fold = gr.Textbox("", label="Hold out fold k/K (cross-fitting; empty = train on every row)",
+                                      info="e.g. 0/4: a fold teacher that labels the quarter it did not see, for "
+                                           "the Distill tab's fold teachers (README: Accuracy)",
+                                      elem_id="train_holdout_fold")
     password = password_box(ctx, "train")
     with gr.Row():
         quick = gr.Button("Quick CPU run (preset)", elem_id="train_quick")
@@ -107,12 +111,12 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
             resume = gr.Button("Resume", elem_id="train_resume", scale=1)
 
     form = [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, wandb, truncation, eval_strategy,
-            run_name, max_steps, logging_steps, weight_decay, seed, threads, attention_dropout]
+            run_name, max_steps, logging_steps, weight_decay, seed, threads, attention_dropout, holdout_fold]
 
     def config_from_form(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                          batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
                          max_steps, logging_steps, weight_decay, seed, num_threads,
-                         attention_dropout=None) -> RunConfig:
+                         attention_dropout=None, holdout_fold=None) -> RunConfig:
         return build_config("teacher", ctx.root, model=ctx.model_name(model), data=data,
                             max_train_samples=as_int(max_train_samples), max_eval_samples=as_int(max_eval_samples),
                             num_train_epochs=float(num_train_epochs or 0), learning_rate=float(learning_rate or 0),
@@ -122,19 +126,21 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
                             eval_strategy=eval_strategy, run_name=(run_name or "").strip() or None,
                             max_steps=as_int(max_steps) or -1, logging_steps=as_int(logging_steps, False) or 0,
                             weight_decay=float(weight_decay or 0), seed=as_int(seed, False) or 0,
-                            num_threads=as_int(num_threads), attention_dropout=as_float(attention_dropout))
+                            num_threads=as_int(num_threads), attention_dropout=as_float(attention_dropout),
+                            holdout_fold=(holdout_fold or "").strip() or None)
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_teacher(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                       batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
-                      max_steps, logging_steps, weight_decay, seed, num_threads, attention_dropout=None, upload=None,
-                      password=""):
+                      max_steps, logging_steps, weight_decay, seed, num_threads, attention_dropout=None,
+                      holdout_fold=None, upload=None, password=""):
         """Start fine-tuning a teacher in the background; returns (job id, status, timer)."""
         ctx.unlock(password)
         data = safety.check_upload(upload) or ctx.data_name(data, data_choices())
         cfg = config_from_form(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                                batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
-                               max_steps, logging_steps, weight_decay, seed, num_threads, attention_dropout)
+                               max_steps, logging_steps, weight_decay, seed, num_threads, attention_dropout,
+                               holdout_fold)
         return start_job(ctx, "teacher", f"teacher {cfg.run_name}", [Stage("teacher", train_teacher, cfg)])
 
     @guarded(lambda msg: (*[gr.skip()] * 9, f"Preset filled; no estimate: {msg}"), ctx)

@@ -1,0 +1,98 @@
+"""Cross-fitted soft targets: the labelled reviews labelled by teachers that did not train on them.
+
+A teacher fine-tuned on a few thousand reviews memorises them: on its own training reviews it is right almost always
+and sure of it (README: Accuracy), so its soft targets there say little beyond the labels, and KD on the labelled
+reviews alone buys little. Cross-fitting splits the labelled rows into K folds, fine-tunes K teachers with the
+teacher's recipe, each with one fold held out (`--holdout_fold k/K`), and lets each label the fold it did not see
+(`--fold_teachers`): out-of-fold soft targets, as stacking and cross-fitting estimators use out-of-fold predictions.
+Transfer rows, augmented views and on-the-fly views keep the main teacher's targets.
+
+    python -m kdapp teacher ... --holdout_fold 0/4 --output_dir checkpoints/teacher-fold0   # and 1/4, 2/4, 3/4
+    python -m kdapp distill --teacher checkpoints/teacher --cache_teacher_logits true \\
+        --fold_teachers checkpoints/teacher-fold0,checkpoints/teacher-fold1,checkpoints/teacher-fold2,...
+
+Fold k holds rows i with i mod K = k of the seed-shuffled training split (after --max_train_samples): the same rows
+for every seed, so one set of fold teachers serves students of any seed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import teacher_logits
+from .checkpoints import is_complete, load_run_info
+from .config import RunConfig, parse_fold
+
+
+def fold_rows(n: int, k: int, folds: int) -> list[int]:
+    """The rows of fold k of `folds` among n training rows."""
+    return list(range(k, n, folds))
+
+
+def training_rows_outside_fold(n: int, k: int, folds: int) -> list[int]:
+    """The rows a teacher holding out fold k of `folds` trains on."""
+    if n < folds:
+        raise ValueError(f"holdout_fold {k}/{folds} needs at least {folds} training rows, got {n}")
+    return [i for i in range(n) if i % folds != k]
+
+
+def _same_source(a: str | None, b: str | None) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(str(a)).expanduser(), Path(str(b)).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def check_fold_teachers(cfg: RunConfig, n_labelled: int) -> tuple[list[tuple[str, int]], int]:
+    """([(folder, k)], K) for cfg.fold_teachers, after checking that they are complete teacher runs holding out
+    folds 0..K-1 once each, of the same labelled rows as this student (data, max_train_samples)."""
+    folds, seen = None, {}
+    for folder in cfg.fold_teacher_list():
+        info = load_run_info(Path(folder).expanduser())
+        rc = info.run_config
+        if not is_complete(info.path) or rc.get("kind") != "teacher":
+            raise ValueError(f"fold teacher {folder!r} is not a complete teacher run folder")
+        if not rc.get("holdout_fold"):
+            raise ValueError(f"fold teacher {folder!r} was trained on every labelled row: train fold teachers with "
+                             "--holdout_fold k/K")
+        k, n_folds = parse_fold(rc["holdout_fold"])
+        if folds not in (None, n_folds):
+            raise ValueError(f"fold teachers of different K: {folder!r} holds out {rc['holdout_fold']}, others 1/{folds}")
+        folds = n_folds
+        if k in seen:
+            raise ValueError(f"fold {k}/{n_folds} is held out by both {seen[k]!r} and {folder!r}")
+        if not _same_source(rc.get("data"), cfg.data) or rc.get("max_train_samples") != cfg.max_train_samples:
+            raise ValueError(f"fold teacher {folder!r} was trained on other rows (data {rc.get('data')!r}, "
+                             f"max_train_samples {rc.get('max_train_samples')}) than this student (data "
+                             f"{cfg.data!r}, max_train_samples {cfg.max_train_samples}): folds must split the same "
+                             "labelled rows")
+        held = (rc.get("meta") or {}).get("held_out_rows")
+        if held is not None and held != len(fold_rows(n_labelled, k, n_folds)):
+            raise ValueError(f"fold teacher {folder!r} held out {held} rows, but fold {k}/{n_folds} of this "
+                             f"student's {n_labelled} labelled rows has {len(fold_rows(n_labelled, k, n_folds))}")
+        seen[k] = folder
+    missing = sorted(set(range(folds)) - seen.keys())
+    if missing:
+        raise ValueError(f"fold teachers for fold(s) {', '.join(f'{k}/{folds}' for k in missing)} are missing: "
+                         f"give one teacher per fold, {folds} in all")
+    return sorted(((f, k) for k, f in seen.items()), key=lambda x: x[1]), folds
+
+
+def cross_fit_logits(cache: torch.Tensor, ids: list[list[int]], labels: list[int], pad_id: int,
+                     teachers: list[tuple[torch.nn.Module, int]], folds: int,
+                     batch_size: int = 64) -> tuple[torch.Tensor, dict]:
+    """A copy of the logit cache whose first len(ids) rows (the labelled reviews) come from the teacher holding out
+    each row's fold; the rest unchanged. Also how often the fold teachers and the main teacher agree with the labels
+    on those rows (held-out accuracy against training-set accuracy)."""
+    out = cache.clone()
+    n = len(ids)
+    for model, k in teachers:
+        rows = fold_rows(n, k, folds)
+        out[rows], _ = teacher_logits(model, [ids[i] for i in rows], pad_id, batch_size)
+    labels = np.asarray(labels)
+    info = {"folds": folds, "rows": n,
+            "fold_teacher_accuracy": round(float((out[:n].argmax(-1).numpy() == labels).mean()), 4),
+            "teacher_accuracy": round(float((cache[:n].argmax(-1).numpy() == labels).mean()), 4)}
+    return out, info
