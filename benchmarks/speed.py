@@ -12,6 +12,7 @@ Usage: python benchmarks/speed.py --quick (smoke run) | python benchmarks/speed.
 # - 2 epochs with the teacher-logit cache vs without (wall time of distill_student, cache pass included);
 # - inference over the validation reviews: kdapp fp32 / bf16 / int8 vs transformers.pipeline(batch_size=100), with
 #   accuracy; student vs teacher at batch 100; arch:bert-base vs arch:distilbert-base at batch 100;
+# - where the teacher's fp32 and int8 inference time goes (--parts profile: torch.profiler, per op group);
 # - achieved model FLOP/s (2 * non-embedding params * real tokens + attention; training 3x; the FLOPs each path
 #   executes, so fewer where the last layer runs at [CLS] only) as a fraction of this machine's measured fp32 matmul
 #   FLOP/s in the same thread setting.
@@ -264,6 +265,40 @@ def kdapp_pass(model, tokenizer, texts, labels, max_length: int, precision: str,
                 {"int8": prepared.kdapp_int8} if precision == "int8" else {})
 
 
+# torch.profiler op names -> where the time of kdapp's inference path goes (self time of each op)
+OP_GROUPS = {"quantized::linear_dynamic": "linear", "aten::addmm": "linear", "aten::mm": "linear",
+             "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "aten::bmm": "attention",
+             "aten::_softmax": "attention", "aten::gelu": "gelu"}
+
+
+def profile_pass(model, tokenizer, texts, max_length: int, precision: str, batch_size: int = 100) -> dict:
+    """kdapp's path at `precision` under torch.profiler: each op group's share of the time (self CPU time on the
+    calling thread, which waits for its OpenMP workers) and the attention's achieved FLOP/s, counted from the shapes
+    its kernel received (QK^T and PV: 4 * batch * heads * queries * keys * head size)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from kdapp.inference import predict_logits, prepare_model
+
+    prepared = prepare_model(model, precision, "cpu")
+    predict_logits(prepared, tokenizer, texts[:8], max_length, batch_size)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        start = time.perf_counter()
+        predict_logits(prepared, tokenizer, texts, max_length, batch_size)
+        seconds = time.perf_counter() - start
+    groups = dict.fromkeys(("linear", "attention", "gelu", "rest"), 0.0)
+    attention_flops = 0.0
+    for event in prof.events():
+        group = OP_GROUPS.get(event.name, "rest")
+        groups[group] += event.self_cpu_time_total / 1e6
+        if event.name == "aten::_scaled_dot_product_flash_attention_for_cpu":
+            (b, h, q, d), (_, _, k, _) = event.input_shapes[0], event.input_shapes[1]
+            attention_flops += 4 * b * h * q * k * d
+    total = sum(groups.values())
+    return {"n": len(texts), "seconds": round(seconds, 2), "samples_per_s": round(len(texts) / seconds, 2),
+            "share": {g: round(t / total, 3) for g, t in groups.items()},
+            "attention_gflop_per_s": round(attention_flops / groups["attention"] / 1e9, 2) if attention_flops else None}
+
+
 def model_flops(model, lengths: list[int], cls_only: bool = False) -> float:
     """Forward FLOPs the path executes: with cls_only, the last layer's at [CLS] only (kdapp/cls_only.py)."""
     from kdapp.benchmark import _layers_hidden, forward_flops, non_embedding_params
@@ -392,6 +427,16 @@ def main() -> None:
                                   **kdapp_pass(teacher, tokenizer, texts[:n], labels[:n], args.max_length, precision,
                                                max_tokens=max_tokens)})
 
+        if "profile" in args.parts:  # where the int8 path's time goes: what is left to gain on this CPU
+            n = min(len(texts), args.profile_reviews)
+            report["profile"] = {}
+            for precision in ("fp32", "int8"):
+                log(f"profile: kdapp {precision}, {n} reviews")
+                report["profile"][precision] = profile_pass(teacher, tokenizer, texts[:n], args.max_length, precision)
+                gflops = report["profile"][precision]["attention_gflop_per_s"]
+                if gflops:
+                    report["profile"][precision]["attention_fraction_of_matmul_peak"] = round(gflops / peak, 3)
+
         if "arch" in args.parts:
             log(f"architectures: bert-base vs distilbert-base, batch {args.arch_batch} x {args.arch_seq} tokens")
             arch = run_benchmark(["arch:bert-base-uncased", "arch:distilbert-base-uncased"], (args.arch_batch,),
@@ -504,6 +549,17 @@ def write_report(report: dict, out: Path) -> None:
                   "| path | precision | batch_size | max_tokens | reviews/s | reviews |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['path']} | {r['precision']} | {r['batch_size']} | {r['max_tokens'] or '-'} | "
                   f"{r['samples_per_s']:.1f} | {r['n']} |" for r in report["batch_tokens"]]
+    if report.get("profile"):
+        lines += ["", "Where the teacher's inference time goes (torch.profiler, self time per op group, the first "
+                      "validation reviews; attention is SDPA in fp32 on every path):", "",
+                  "| path | reviews/s (profiled) | Linear layers | attention | GELU | rest | attention GFLOP/s "
+                  "(share of fp32 matmul peak) | reviews |", "|---|---|---|---|---|---|---|---|"]
+        for k, v in report["profile"].items():
+            sh = v["share"]
+            attention = (f"{v['attention_gflop_per_s']} ({v.get('attention_fraction_of_matmul_peak', 0):.0%})"
+                         if v["attention_gflop_per_s"] else "-")
+            lines.append(f"| kdapp {k} | {v['samples_per_s']:.1f} | {sh['linear']:.0%} | {sh['attention']:.0%} | "
+                         f"{sh['gelu']:.0%} | {sh['rest']:.0%} | {attention} | {v['n']} |")
     peaks = report["matmul_fp32_gflops"]
     lines += ["", f"Achieved model FLOP/s vs this machine's best measured fp32 matmul (GFLOP/s: {peaks}):", "",
               "| path | GFLOP/s | fraction of peak |", "|---|---|---|"]
@@ -530,9 +586,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max_length", type=int, default=256)
     p.add_argument("--n_score", type=int, default=200, help="validation rows each KD run scores at its end")
     p.add_argument("--parts", nargs="+", default=["training", "inference", "batch_tokens", "arch"],
-                   choices=["training", "inference", "batch_tokens", "arch"], help="what to measure")
+                   choices=["training", "inference", "batch_tokens", "profile", "arch"], help="what to measure")
     p.add_argument("--batch_tokens_reviews", type=int, default=400,
                    help="validation reviews of the batch_tokens part (kdapp's tokens-per-batch limit on CPU)")
+    p.add_argument("--profile_reviews", type=int, default=400,
+                   help="validation reviews of the profile part (where the fp32 and int8 paths spend their time)")
     p.add_argument("--training_runs", nargs="+", default=list(KD_RUNS), choices=list(KD_RUNS),
                    help="kdapp KD runs of the training part (the seed-faithful baseline always runs with it)")
     p.add_argument("--arch_batch", type=int, default=100)
@@ -551,7 +609,7 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.n_reviews, args.max_length, args.n_score, args.teacher_steps = 48, 128, 16, 4
         args.arch_batch, args.arch_seq, args.arch_repeats, args.matmul_n, args.bf16_subset = 8, 32, 1, 512, 16
-        args.batch_tokens_reviews = 16
+        args.batch_tokens_reviews = args.profile_reviews = 16
         if args.out == p.get_default("out"):
             args.out = str(ROOT / "benchmarks" / "results" / "speed_quick")
     return args
