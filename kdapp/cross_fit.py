@@ -59,7 +59,8 @@ def check_fold_teachers(cfg: RunConfig, n_labelled: int) -> tuple[list[tuple[str
                              "--holdout_fold k/K")
         k, n_folds = parse_fold(rc["holdout_fold"])
         if folds not in (None, n_folds):
-            raise ValueError(f"fold teachers of different K: {folder!r} holds out {rc['holdout_fold']}, others 1/{folds}")
+            raise ValueError(f"fold teachers of different K: {folder!r} holds out {rc['holdout_fold']}, the others "
+                             f"one fold of {folds}")
         folds = n_folds
         if k in seen:
             raise ValueError(f"fold {k}/{n_folds} is held out by both {seen[k]!r} and {folder!r}")

@@ -101,7 +101,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         raise ValueError(f"hidden_loss needs equal widths; teacher hidden_size {teacher.config.hidden_size} != "
                          f"student {student.config.hidden_size}. Use --hidden_loss none or a student from the teacher.")
     last_layer = _last_layer(cfg, student)
-    folds = check_fold_teachers(cfg, len(splits["train"])) if cfg.fold_teachers else None  # before any work
+    folds = check_fold_teachers(cfg, len(splits["train"])) if cfg.fold_teachers else None  # before tokenizing
 
     train_rows = splits["train"]
     transfer_rows = 0
