@@ -189,10 +189,11 @@ class RunConfig:
         if self.fold_teachers is not None:
             if not self.fold_teacher_list():
                 raise ValueError("fold_teachers is empty: give the folders of the K fold teachers, comma-separated")
-            if self.alpha == 1.0 or not self.cache_teacher_logits or self.teacher_precision == "int8":
-                raise ValueError("fold_teachers (cross-fitted soft targets) needs alpha < 1 and cache_teacher_logits, "
-                                 "with the teacher in fp32 (teacher_precision auto or fp32): the fold teachers label "
-                                 "the labelled rows once, for the cache")
+            if (self.alpha == 1.0 or not self.cache_teacher_logits or self.teacher_precision == "int8"
+                    or self.hidden_loss != "none"):
+                raise ValueError("fold_teachers (cross-fitted soft targets) needs alpha < 1, cache_teacher_logits and "
+                                 "hidden_loss none, with the teacher in fp32 (teacher_precision auto or fp32): the "
+                                 "fold teachers label the labelled rows once, for the cache")
         if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.run_name):
             raise ValueError(f"run_name may hold letters, digits, '.', '_' and '-' only (max 100), got {self.run_name!r}")
 

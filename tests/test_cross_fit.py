@@ -41,7 +41,8 @@ def test_parse_fold():
 
 
 @pytest.mark.parametrize("kw", [dict(cache_teacher_logits=False), dict(alpha=1.0),
-                                dict(teacher_precision="int8"), dict(fold_teachers=" , ")])
+                                dict(teacher_precision="int8"), dict(hidden_loss="cosine"),
+                                dict(fold_teachers=" , ")])
 def test_fold_teachers_need_kd_with_the_logit_cache(kw):
     with pytest.raises(ValueError, match="fold_teachers"):
         RunConfig(kind="distill", teacher="t", **({"fold_teachers": "a,b", "cache_teacher_logits": True} | kw))

@@ -164,9 +164,9 @@ def test_bad_teacher_settings(demo, runs, teacher_dir, reviews_parquet, form, me
     (dict(teacher_max_length=64, cache_teacher_logits=False), "teacher_max_length (a longer input for the teacher "
      "than for the student) needs alpha < 1, cache_teacher_logits and hidden_loss none: the teacher reads its "
      "longer inputs once, for the cache"),
-    (dict(fold_teachers="a,b"), "fold_teachers (cross-fitted soft targets) needs alpha < 1 and cache_teacher_logits, "
-     "with the teacher in fp32 (teacher_precision auto or fp32): the fold teachers label the labelled rows once, for "
-     "the cache"),
+    (dict(fold_teachers="a,b"), "fold_teachers (cross-fitted soft targets) needs alpha < 1, cache_teacher_logits and "
+     "hidden_loss none, with the teacher in fp32 (teacher_precision auto or fp32): the fold teachers label the "
+     "labelled rows once, for the cache"),
 ])
 def test_bad_distill_settings(demo, runs, reviews_parquet, form, message):
     _, status, _ = start_distill(demo, runs[1]["teacher"], reviews_parquet, **form)
