@@ -80,7 +80,9 @@ TRAINING_RATIOS = [
      "both with the model's attention dropout; not like-for-like: the int8 teacher's soft targets differ from fp32's "
      "(README, Accuracy: kd-transfer-masked-tint8)"),
 ]
-TARGETS = {"train_1ep": 1.5, "cache_2ep": 1.4, "infer_fp32": 1.2, "infer_fastest": 2.5, "arch": 1.9}
+TARGETS = {"train_1ep": 1.5, "cache_2ep": 1.4, "infer_fp32": 1.2, "infer_fastest": 2.5, "infer_fastest_within": 2.5,
+           "arch": 1.9}
+ACCURACY_TOLERANCE = 0.003  # the fast path's accuracy within 0.3 points of fp32's
 
 
 def log(msg: str) -> None:
@@ -491,6 +493,15 @@ def ratios(report: dict) -> list[dict]:
         add("infer_fastest", f"inference reviews/s: fastest kdapp path ({best.split('_')[1]}) / pipeline",
             inf[best]["samples_per_s"] / p, f"accuracy {change:+.2f} points vs fp32 (target: within 0.3); "
                                             + _vs_default(inf, inf[best]))
+        # the target as written: the fastest path whose accuracy stays within 0.3 points of fp32 (a bf16 subset on a
+        # CPU without native bf16 is not comparable: other reviews)
+        close = [k for k in ("kdapp_fp32", "kdapp_bf16", "kdapp_int8") if k in inf and inf[k]["n"] == fp32["n"]
+                 and abs(inf[k]["accuracy"] - fp32["accuracy"]) <= ACCURACY_TOLERANCE + 1e-9]
+        best_close = max(close, key=lambda k: inf[k]["samples_per_s"])
+        change = (inf[best_close]["accuracy"] - fp32["accuracy"]) * 100
+        add("infer_fastest_within", f"inference reviews/s: fastest kdapp path within 0.3 points of fp32 "
+                                    f"({best_close.split('_')[1]}) / pipeline",
+            inf[best_close]["samples_per_s"] / p, f"accuracy {change:+.2f} points vs fp32")
         add("student_teacher", "inference reviews/s: student / teacher (kdapp fp32, batch_size 100 and its CPU "
                                "tokens-per-batch limit)",
             inf["student_fp32"]["samples_per_s"] / fp32["samples_per_s"])
