@@ -399,13 +399,16 @@ def report(names: list[str], table: dict, out: Path) -> None:
         lines += ["", f"The kdapp teacher on its own {tr['rows']:,} training reviews: {100 * tr['accuracy']:.2f} % right, "
                       f"mean top softmax probability {tr['mean_max_prob']:.3f}; on the {va['rows']:,} validation rows "
                       f"{100 * va['accuracy']:.2f} % and {va['mean_max_prob']:.3f}."]
-    for r in rows:  # what the cross-fitted soft targets were: out-of-fold, so wrong where the fold teacher is
+    targets = {}  # what the cross-fitted soft targets were: out-of-fold, so wrong where the fold teacher is
+    for r in rows:
         cross_fit = (load_run_info(ROOT / r["run"]).run_config.get("meta") or {}).get("cross_fit")
         if cross_fit:
-            lines += ["", f"{r['run']}: the {cross_fit['folds']} fold teachers' soft targets pick the label on "
-                          f"{100 * cross_fit['fold_teacher_accuracy']:.2f} % of the {cross_fit['rows']:,} labelled "
-                          f"reviews (each on the fold it held out); the teacher's own on "
-                          f"{100 * cross_fit['teacher_accuracy']:.2f} %."]
+            key = (cross_fit["folds"], cross_fit["rows"], cross_fit["fold_teacher_accuracy"], cross_fit["teacher_accuracy"])
+            targets.setdefault(key, []).append(r["run"])
+    for (folds, n, fold_acc, teacher_acc), names in targets.items():
+        lines += ["", f"{', '.join(names)}: the {folds} fold teachers' soft targets pick the label on "
+                      f"{100 * fold_acc:.2f} % of the {n:,} labelled reviews (each on the fold it held out); the "
+                      f"teacher's own on {100 * teacher_acc:.2f} %."]
     fidelity = int8_teacher_fidelity()
     if fidelity:
         lines += ["", f"Soft targets of the int8 teacher (kd-transfer-masked-tint8) vs the fp32 teacher on the "
