@@ -61,8 +61,9 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
     cross_fit = dict(KD, fold_teachers=fold_teachers)
     return {
         **{f"teacher-fold{k}": (f"cross-fitting: the kdapp teacher's recipe, fold {k}/{FOLDS} of the labelled "
-                                "reviews held out", RunConfig(kind="teacher", model="minilm", holdout_fold=f"{k}/{FOLDS}",
-                                                              **COMMON, **KDAPP))
+                                "reviews held out",
+                                RunConfig(kind="teacher", model="minilm", holdout_fold=f"{k}/{FOLDS}", **COMMON,
+                                          **KDAPP))
            for k in range(FOLDS)},
         "seed-teacher": ("seed recipe: teacher", RunConfig(kind="teacher", model="minilm", **COMMON, **SEED)),
         "seed-kd": ("seed recipe: KD student (alpha 0.5, T 2)",
