@@ -209,6 +209,9 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                                  RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **cross_fit, seed=seed,
                                            **COMMON, **KDAPP_STUDENT))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        "kd-transfer-masked-crossfit": ("kd-transfer-masked with the labelled reviews' soft targets cross-fitted",
+                                        RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
+                                                  fold_teachers=fold_teachers, **COMMON, **KDAPP_STUDENT)),
     }
 
 
@@ -359,7 +362,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-masked-online30-3ep-s43", "kd-masked-online-3ep-s43"),
              ("kd-masked-online-3ep-s44", "nokd-3ep-s44"), ("nokd-3ep-s44", "nokd-s44"),
              ("kd-crossfit", "nokd"), ("kd-crossfit", "kd"), ("kd-crossfit-s43", "nokd-s43"),
-             ("kd-crossfit-s44", "nokd-s44")]
+             ("kd-crossfit-s44", "nokd-s44"), ("kd-transfer-masked-crossfit", "nokd"),
+             ("kd-transfer-masked-crossfit", "kd-transfer-masked")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
 
