@@ -78,7 +78,7 @@ def check_fold_teachers(cfg: RunConfig, n_labelled: int) -> tuple[list[tuple[str
     if missing:
         raise ValueError(f"fold teachers for fold(s) {', '.join(f'{k}/{folds}' for k in missing)} are missing: "
                          f"give one teacher per fold, {folds} in all")
-    return sorted(((f, k) for k, f in seen.items()), key=lambda x: x[1]), folds
+    return [(seen[k], k) for k in sorted(seen)], folds
 
 
 def cross_fit_logits(cache: torch.Tensor, ids: list[list[int]], labels: list[int], pad_id: int,
@@ -91,7 +91,8 @@ def cross_fit_logits(cache: torch.Tensor, ids: list[list[int]], labels: list[int
     n = len(ids)
     for model, k in teachers:
         rows = fold_rows(n, k, folds)
-        out[rows], _ = teacher_logits(model, [ids[i] for i in rows], pad_id, batch_size)
+        logits, _ = teacher_logits(model, [ids[i] for i in rows], pad_id, batch_size)
+        out[rows] = logits
     labels = np.asarray(labels)
     info = {"folds": folds, "rows": n,
             "fold_teacher_accuracy": round(float((out[:n].argmax(-1).numpy() == labels).mean()), 4),
