@@ -65,6 +65,13 @@ KD_RUNS = {
                                "the model's own attention dropout, teacher in dynamic int8"),
     "kdapp_1ep_full_last_layer": (1, False, dict(attention_dropout=None, cls_only=False),
                                   "the model's own attention dropout, every position of the last layer computed"),
+    # --mixed_precision bf16: the student under bf16 autocast, the teacher in bf16 (CPUs with AVX-512 BF16 or AMX)
+    "kdapp_1ep_bf16": (1, False, dict(attention_dropout=None, mixed_precision="bf16"),
+                       "the model's own attention dropout, bf16 mixed precision"),
+    "kdapp_2ep_nocache_bf16": (2, False, dict(mixed_precision="bf16"),
+                               "attention dropout 0, teacher on the fly, bf16 mixed precision"),
+    "kdapp_2ep_cache_bf16": (2, True, dict(mixed_precision="bf16"),
+                             "attention dropout 0, teacher logits cached, bf16 mixed precision"),
 }
 # 1-epoch KD runs against the seed-faithful baseline: (ratio key, run, what kdapp ran, note)
 TRAINING_RATIOS = [
@@ -79,7 +86,12 @@ TRAINING_RATIOS = [
     ("train_1ep_int8_teacher", "kdapp_1ep_int8_teacher", "kdapp with --teacher_precision int8",
      "both with the model's attention dropout; not like-for-like: the int8 teacher's soft targets differ from fp32's "
      "(README, Accuracy: kd-transfer-masked-tint8)"),
+    ("train_1ep_bf16", "kdapp_1ep_bf16", "kdapp with --mixed_precision bf16",
+     "both with the model's attention dropout; not like-for-like: bf16 arithmetic (README, Accuracy: the -bf16 runs)"),
 ]
+# the logit cache over 2 epochs, in float32 and in bf16: (ratio key, no-cache run, cache run)
+CACHE_RATIOS = [("cache_2ep", "kdapp_2ep_nocache", "kdapp_2ep_cache"),
+                ("cache_2ep_bf16", "kdapp_2ep_nocache_bf16", "kdapp_2ep_cache_bf16")]
 TARGETS = {"train_1ep": 1.5, "cache_2ep": 1.4, "infer_fp32": 1.2, "infer_fastest": 2.5, "infer_fastest_within": 2.5,
            "arch": 1.9}
 ACCURACY_TOLERANCE = 0.003  # the fast path's accuracy within 0.3 points of fp32's
@@ -216,6 +228,7 @@ def ensure_teacher(args, work: Path) -> tuple[str, str]:
 def kd_run(args, teacher: str, work: Path, name: str, epochs: float, cache: bool, **overrides) -> dict:
     """One distill_student run: wall time (loading and the cache pass included) and the Trainer's own numbers."""
     import kdapp.train as ktrain
+    from kdapp.checkpoints import load_run_info
     from kdapp.config import RunConfig
 
     spent = {"cache_s": 0.0}
@@ -240,12 +253,13 @@ def kd_run(args, teacher: str, work: Path, name: str, epochs: float, cache: bool
     finally:
         ktrain.teacher_logits = original
     wall = time.perf_counter() - start
-    m = result.metrics
+    m, meta = result.metrics, load_run_info(result.output_dir).run_config["meta"]
     return {"wall_s": round(wall, 2), "train_runtime_s": m["train_runtime_s"],
             "train_samples_per_second": m["train_samples_per_second"], "cache_s": round(spent["cache_s"], 2),
             "epochs": epochs, "cached": cache, "attention_dropout": cfg.attention_dropout,
-            "teacher_precision": cfg.teacher_precision, "fast_dropout": cfg.fast_dropout,
-            "last_layer": "cls-only" if cfg.cls_only else "full", "output_dir": str(result.output_dir)}
+            "teacher_precision": meta["teacher_precision_effective"], "fast_dropout": cfg.fast_dropout,
+            "dropout_path": meta["dropout_path"], "mixed_precision": meta["mixed_precision_effective"],
+            "last_layer": meta["last_layer"], "output_dir": str(result.output_dir)}
 
 
 def kdapp_pass(model, tokenizer, texts, labels, max_length: int, precision: str, batch_size: int = 100,
@@ -379,7 +393,8 @@ def main() -> None:
             flops_teacher = model_flops(teacher, train_len)
             t = report["training"]
             b = t["seed_baseline_1ep"]
-            for name in ("kdapp_1ep", "kdapp_1ep_attn_dropout", "kdapp_1ep_torch_dropout", "kdapp_1ep_full_last_layer"):
+            for name in ("kdapp_1ep", "kdapp_1ep_attn_dropout", "kdapp_1ep_torch_dropout", "kdapp_1ep_full_last_layer",
+                         "kdapp_1ep_bf16"):  # bf16 too, against the fp32 peak
                 if name in t:
                     last = t[name].get("last_layer") == "cls-only"
                     executed = 3 * model_flops(student0, train_len, last) + model_flops(teacher, train_len, last)
@@ -478,11 +493,18 @@ def ratios(report: dict) -> list[dict]:
                 add(key, f"KD training samples/s, 1 epoch: {what} / seed-faithful Trainer",
                     t[run]["train_samples_per_second"] / base,
                     f"{note}; kdapp's dropout: {_dropout_label(run, t[run])}")
-    if "kdapp_2ep_cache" in t and "kdapp_2ep_nocache" in t:
-        nc, c = t["kdapp_2ep_nocache"], t["kdapp_2ep_cache"]
-        add("cache_2ep", "2 epochs wall time: no cache / logit cache", nc["wall_s"] / c["wall_s"],
-            f"cache pass {c['cache_s']:.0f} s included; with a warm cache from an earlier run (sweep, rerun): "
-            f"{nc['wall_s'] / (c['wall_s'] - c['cache_s']):.2f}x (derived: wall minus cache pass)")
+    if "kdapp_1ep_bf16" in t and "kdapp_1ep_attn_dropout" in t:
+        add("train_1ep_bf16_vs_fp32", "KD training samples/s, 1 epoch: kdapp bf16 / kdapp fp32",
+            t["kdapp_1ep_bf16"]["train_samples_per_second"] / t["kdapp_1ep_attn_dropout"]["train_samples_per_second"],
+            "both with the model's attention dropout; native bf16 on this CPU: "
+            f"{report['setup'].get('env', {}).get('native_bf16')}")
+    for key, no_cache, cached in CACHE_RATIOS:
+        if no_cache in t and cached in t:
+            nc, c = t[no_cache], t[cached]
+            precision = " (bf16 mixed precision)" if key.endswith("bf16") else ""
+            add(key, f"2 epochs wall time{precision}: no cache / logit cache", nc["wall_s"] / c["wall_s"],
+                f"cache pass {c['cache_s']:.0f} s included; with a warm cache from an earlier run (sweep, rerun): "
+                f"{nc['wall_s'] / (c['wall_s'] - c['cache_s']):.2f}x (derived: wall minus cache pass)")
     if "kdapp_fp32" in inf:
         p = inf["pipeline"]["samples_per_s"]
         fp32 = inf["kdapp_fp32"]
@@ -516,6 +538,8 @@ def ratios(report: dict) -> list[dict]:
 def _dropout_label(name: str, run: dict) -> str:
     if name.startswith("seed_"):
         return "PyTorch"
+    if "dropout_path" in run:  # what the run used (bf16 training hands its dropout to PyTorch)
+        return "kdapp CPU" if run["dropout_path"] == "kdapp-cpu" else "PyTorch"
     return "kdapp CPU" if run.get("fast_dropout", False) else "PyTorch"  # runs timed before the path existed: PyTorch
 
 
@@ -540,13 +564,14 @@ def write_report(report: dict, out: Path) -> None:
         lines.append(f"| {r['what']} | {r['ratio']:.2f}x | {r['target'] or '-'} | {met} | {r['note']} |")
     if report["training"]:
         lines += ["", "| training run | samples/s | train s | wall s | cache pass s | attention dropout | dropout path "
-                  "| last layer | teacher |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| last layer | teacher | precision |", "|---|---|---|---|---|---|---|---|---|---|"]
         for k, v in report["training"].items():
             dropout = v.get("attention_dropout", "-")
             lines.append(f"| {k} | {v['train_samples_per_second']:.2f} | {v['train_runtime_s']:.1f} | "
                          f"{v.get('wall_s', '-')} | {v.get('cache_s', '-')} | "
                          f"{'model default (0.1)' if dropout is None else dropout} | {_dropout_label(k, v)} | "
-                         f"{v.get('last_layer', 'full')} | {v.get('teacher_precision', 'fp32').replace('auto', 'fp32')} |")
+                         f"{v.get('last_layer', 'full')} | "
+                         f"{v.get('teacher_precision', 'fp32').replace('auto', 'fp32')} | {v.get('mixed_precision', 'fp32')} |")
     if report["inference"]:
         lines += ["", "| inference path | reviews/s | accuracy | reviews | size MB | last layer |",
                   "|---|---|---|---|---|---|"]

@@ -23,7 +23,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig, DistilB
 from .checkpoints import folder_size_mb
 from .cls_only import supports_cls_only
 from .encoding import encode
-from .inference import PRECISIONS, length_batches, logits_from_ids, model_device, prepare_model
+from .inference import PRECISIONS, length_batches, logits_from_ids, model_device, native_bf16, prepare_model
 from .models import LABELS, ModelError, count_parameters, load_pair, load_tokenizer, minilm_path, resolve
 
 log = logging.getLogger(__name__)
@@ -380,14 +380,6 @@ def cpu_flags() -> list[str]:
     line = next((x for x in text.splitlines() if x.startswith("flags")), "")
     have = set(line.split(":", 1)[-1].split())
     return [f for f in SPEED_FLAGS if f in have]
-
-
-def native_bf16() -> bool:
-    """Does oneDNN run bf16 matmuls natively here? Without it bf16 on CPU is several times slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def cpu_model() -> str:

@@ -21,6 +21,7 @@ from .data import FILE_FORMATS, LOCAL_HINT, DataError, read_source
 from .hub import hub_reachable, looks_like_hub_id
 from .models import ModelError, resolve
 from .quantize import CALIBRATION_ROWS
+from .train import mixed_precision_dtype
 
 IMDB_TRAIN_ROWS, IMDB_TEST_ROWS = 25_000, 25_000
 IMDB_MEAN_TOKENS = 300      # mean WordPiece tokens of an IMDb review (without truncation)
@@ -148,11 +149,12 @@ _COSTS: dict[tuple, StepCost] = {}
 
 
 def measure_step_cost(config, seq_len: int, device: str = "cpu", threads: int | None = None,
-                      cls_only: bool = True) -> StepCost:
+                      cls_only: bool = True, amp: torch.dtype | None = None) -> StepCost:
     """Time one forward+backward and one AdamW step of `config` at (2, seq_len) tokens; cached. cls_only: with the
-    last layer at [CLS] only where the model allows, as kdapp's training and inference run it (kdapp/cls_only.py)."""
+    last layer at [CLS] only where the model allows, as kdapp's training and inference run it (kdapp/cls_only.py).
+    amp: the passes under autocast to this dtype (mixed-precision training; None: float32)."""
     seq_len = int(min(max(16, seq_len), getattr(config, "max_position_embeddings", 512), 256))
-    key = (config.to_json_string(), seq_len, device, threads or torch.get_num_threads(), cls_only)
+    key = (config.to_json_string(), seq_len, device, threads or torch.get_num_threads(), cls_only, amp)
     if key in _COSTS:
         return _COSTS[key]
     old_threads = torch.get_num_threads()
@@ -164,15 +166,18 @@ def measure_step_cost(config, seq_len: int, device: str = "cpu", threads: int | 
             use_cls_only(model)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
         vocab = getattr(config, "vocab_size", 1000)
+        autocast = functools.partial(torch.autocast, torch.device(device).type, dtype=amp, enabled=amp is not None)
 
         def step(batch: int, n: int) -> tuple[float, float, float]:
             ids = torch.randint(5, vocab, (batch, n), device=device)
             labels = torch.zeros(batch, dtype=torch.long, device=device)
             t0 = _now(device)
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 model(input_ids=ids)
             t1 = _now(device)
-            model(input_ids=ids, labels=labels).loss.backward()
+            with autocast():
+                loss = model(input_ids=ids, labels=labels).loss
+            loss.backward()
             t2 = _now(device)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -252,7 +257,8 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
         raise ModelError(f"max_length {cfg.max_length} is beyond the model's limit of {limit} positions; use "
                          f"--max_length {limit} or less")
     cls_only = cfg.last_layer_cls_only()
-    student = measure_step_cost(student_cfg, tokens, device, threads, cls_only)
+    amp = mixed_precision_dtype(cfg)  # the teacher runs in it too where its precision is auto
+    student = measure_step_cost(student_cfg, tokens, device, threads, cls_only, amp)
     token_count = trained_rows * tokens
     # views made on the fly (mixup, online masking): one more student forward + backward per step each
     views = int(cfg.mixup_alpha > 0) + int(cfg.online_mask_prob > 0) if cfg.kind == "distill" else 0
@@ -261,7 +267,8 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
     scored = (eval_rows * n_evals + eval_rows + test_rows + min(CALIBRATION_ROWS, train_rows)) * tokens
     seconds += scored * student.forward_s_per_token
     if teacher_cfg is not None and cfg.alpha < 1.0:
-        teacher = measure_step_cost(teacher_cfg, tokens, device, threads, cls_only)
+        teacher_amp = amp if cfg.teacher_precision == "auto" else None
+        teacher = measure_step_cost(teacher_cfg, tokens, device, threads, cls_only, teacher_amp)
         cached = cfg.cache_teacher_logits and cfg.hidden_loss == "none"  # the hidden loss runs the teacher anyway
         teacher_tokens = (all_rows * tokens if cached else token_count) + views * token_count
         if cfg.fold_teachers:  # the fold teachers label the labelled rows once more, each its own fold

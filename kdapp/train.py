@@ -29,7 +29,7 @@ from .distill import IGNORE, DistillationTrainer
 from .dropout import restore_dropout, use_fast_dropout
 from .encoding import encode, masked_views, tokenize_dataset, window_views
 from .evaluation import score
-from .inference import prepare_model
+from .inference import native_bf16, prepare_model
 from .metrics import trainer_metrics
 from .models import (check_same_tokenizer, count_parameters, load_model, load_pair, load_tokenizer,
                      set_attention_dropout, student_from_teacher)
@@ -53,6 +53,7 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     """Fine-tune cfg.model on the seed's split with plain cross-entropy (the Hugging Face Trainer)."""
     if cfg.kind != "teacher":
         raise ValueError(f"train_teacher needs kind='teacher', got {cfg.kind!r}")
+    amp = mixed_precision_dtype(cfg)  # before any work: fp16 on a CPU is refused
     out, resume_from = _prepare_output(cfg)
     _set_threads(cfg.num_threads)
     splits = load_splits(cfg.data, cfg.test_data, cfg.max_train_samples, cfg.max_eval_samples)  # data errors first
@@ -65,11 +66,11 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     model, tokenizer = load_pair(cfg.model)
     if cfg.attention_dropout is not None:
         set_attention_dropout(model, cfg.attention_dropout)
-    dropout_path = _dropout_path(cfg, model)
+    dropout_path = _dropout_path(cfg, model, amp)
     last_layer = _last_layer(cfg, model)
     max_length = _check_max_length(cfg, model)
     train_ds, eval_ds = (_tokenize(cfg, splits[s], tokenizer, max_length) for s in ("train", "validation"))
-    args = _training_args(cfg, out, remove_unused_columns=True)
+    args = _training_args(cfg, out, remove_unused_columns=True, amp=amp)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=trainer_metrics, callbacks=callbacks)
@@ -77,7 +78,7 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     # it by the number of processes under torchrun (2x loss and gradients) and skips the gradient-accumulation division
     trainer.model_accepts_loss_kwargs = False
     meta = {"train_rows": len(train_ds), "held_out_rows": held_out, "max_length_effective": max_length,
-            "dropout_path": dropout_path, "last_layer": last_layer}
+            "dropout_path": dropout_path, "last_layer": last_layer, "mixed_precision_effective": _amp_name(amp)}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
 
 
@@ -85,6 +86,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
     """Train a student with alpha * CE + (1 - alpha) * T^2 * KL against cfg.teacher (alpha = 1: no-KD student)."""
     if cfg.kind != "distill":
         raise ValueError(f"distill_student needs kind='distill', got {cfg.kind!r}")
+    amp = mixed_precision_dtype(cfg)
     out, resume_from = _prepare_output(cfg)
     _set_threads(cfg.num_threads)
     splits = load_splits(cfg.data, cfg.test_data, cfg.max_train_samples, cfg.max_eval_samples)  # data errors first
@@ -94,7 +96,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
     check_same_tokenizer(teacher_tok, tokenizer)
     if cfg.attention_dropout is not None:
         set_attention_dropout(student, cfg.attention_dropout)
-    dropout_path = _dropout_path(cfg, student)
+    dropout_path = _dropout_path(cfg, student, amp)
     max_length = _check_max_length(cfg, student, teacher)
     teacher_length = _check_teacher_length(cfg, teacher)
     if cfg.hidden_loss != "none" and teacher.config.hidden_size != student.config.hidden_size:
@@ -143,7 +145,11 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         fingerprint = (f"{teacher_fingerprint(teacher)}-int8-perchannel"
                        f"{calibration_tag(getattr(teacher, 'kdapp_int8_maxima', None))}")
         teacher = prepare_model(teacher, "int8", "cpu")
-    if cfg.last_layer_cls_only():  # the teacher's logits too (a copy when it went int8 above)
+    elif cfg.alpha < 1.0 and cfg.teacher_precision == "auto" and amp is not None and not use_cuda:
+        # CPU bf16 training: the teacher in bf16 too, as a GPU runs it in half precision (its cache file is its own:
+        # the fingerprint hashes the bf16 weights)
+        teacher = prepare_model(teacher, "bf16", "cpu")
+    if cfg.last_layer_cls_only():  # the teacher's logits too (a copy when it went int8 or bf16 above)
         use_cls_only(teacher)
     cache, cache_hit, cross_fit = None, False, None
     if cfg.cache_teacher_logits and cfg.alpha < 1.0:
@@ -159,7 +165,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
                                           splits["train"]["label"], tokenizer)
         if cfg.hidden_loss == "none" and not (cfg.mixup_alpha or cfg.online_mask_prob):  # no on-the-fly use
             teacher.to("cpu")
-    args = _training_args(cfg, out, remove_unused_columns=False)
+    args = _training_args(cfg, out, remove_unused_columns=False, amp=amp)
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=trainer_metrics, callbacks=callbacks,
@@ -172,7 +178,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
             "student_layer_map": layer_map, "teacher_logits_cached": cache is not None,
             "teacher_logits_cache_hit": cache_hit, "cross_fit": cross_fit, "max_length_effective": max_length,
             "teacher_max_length_effective": teacher_length if cfg.alpha < 1.0 else None,
-            "teacher_precision_effective": _teacher_precision(cfg, use_cuda),
+            "teacher_precision_effective": _teacher_precision(cfg, use_cuda, amp),
+            "mixed_precision_effective": _amp_name(amp),
             "teacher_params": teacher_params, "dropout_path": dropout_path, "last_layer": last_layer,
             "mixup_targets": _view_targets(cfg, cfg.mixup_alpha),
             "online_mask_targets": _view_targets(cfg, cfg.online_mask_prob)}
@@ -200,9 +207,10 @@ def _view_targets(cfg: RunConfig, rate: float) -> str | None:
     return None if not rate else "labels" if cfg.alpha == 1.0 else "teacher"
 
 
-def _dropout_path(cfg: RunConfig, model) -> str:
-    """Switch the trained model to kdapp's CPU dropout when asked and on CPU; what the metadata records."""
-    if not cfg.fast_dropout or torch.cuda.is_available():
+def _dropout_path(cfg: RunConfig, model, amp: torch.dtype | None) -> str:
+    """Switch the trained model to kdapp's CPU dropout when asked, on CPU and in float32 (it hands bf16 tensors to
+    PyTorch's dropout); what the metadata records."""
+    if not cfg.fast_dropout or torch.cuda.is_available() or amp is not None:
         return "torch"
     use_fast_dropout(model)
     return "kdapp-cpu"
@@ -267,12 +275,12 @@ def _check_teacher_length(cfg: RunConfig, teacher) -> int:
     return length
 
 
-def _teacher_precision(cfg: RunConfig, use_cuda: bool) -> str | None:
+def _teacher_precision(cfg: RunConfig, use_cuda: bool, amp: torch.dtype | None) -> str | None:
     """What the teacher actually ran in (None: no teacher, the no-KD student)."""
     if cfg.alpha == 1.0:
         return None
     if cfg.teacher_precision == "auto":
-        return "half" if use_cuda else "fp32"
+        return "half" if use_cuda else _amp_name(amp)
     return cfg.teacher_precision
 
 
@@ -289,15 +297,38 @@ def _half_dtype(args: TrainingArguments) -> torch.dtype:
     return torch.bfloat16 if args.bf16 else torch.float16
 
 
-def _precision_flags(cfg: RunConfig) -> dict:
-    if not torch.cuda.is_available() or cfg.mixed_precision == "no":
-        return {}
+def mixed_precision_dtype(cfg: RunConfig) -> torch.dtype | None:
+    """The autocast dtype the run trains in (None: float32). GPU: auto is bf16 where supported, else fp16. CPU: auto
+    is float32 (results comparable across CPUs); bf16 on request, native on CPUs with AVX-512 BF16 or AMX (about
+    1.5x faster steps there, README: Speed), emulated and slower than float32 elsewhere (a warning says so); fp16
+    is refused (no fast CPU kernels)."""
+    if cfg.mixed_precision == "no":
+        return None
+    if torch.cuda.is_available():
+        if cfg.mixed_precision == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
     if cfg.mixed_precision == "auto":
-        return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
-    return {cfg.mixed_precision: True}
+        return None
+    if cfg.mixed_precision == "fp16":
+        raise ValueError("mixed_precision fp16 needs a CUDA GPU; on CPU use bf16 (fast on CPUs with AVX-512 BF16 or "
+                         "AMX) or no")
+    if not native_bf16():
+        log.warning("mixed_precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX); PyTorch emulates it, "
+                    "slower than float32. Use --mixed_precision no here.")
+    return torch.bfloat16
 
 
-def _training_args(cfg: RunConfig, out: Path, remove_unused_columns: bool) -> TrainingArguments:
+def _amp_name(amp: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+
+
+def _precision_flags(amp: torch.dtype | None) -> dict:
+    return {} if amp is None else {"bf16": True} if amp == torch.bfloat16 else {"fp16": True}
+
+
+def _training_args(cfg: RunConfig, out: Path, remove_unused_columns: bool,
+                   amp: torch.dtype | None = None) -> TrainingArguments:
     warmup = cfg.warmup_steps if cfg.warmup_steps < 1 else int(cfg.warmup_steps)
     return TrainingArguments(
         output_dir=str(work_dir(out) / "trainer"), run_name=cfg.resolved_run_name(),
@@ -312,7 +343,7 @@ def _training_args(cfg: RunConfig, out: Path, remove_unused_columns: bool) -> Tr
         logging_strategy="steps", logging_steps=cfg.logging_steps, logging_first_step=True,
         report_to=tracking.report_to(cfg.report_to), remove_unused_columns=remove_unused_columns,
         label_names=["labels"], dataloader_num_workers=0, disable_tqdm=None,
-        use_cpu=not torch.cuda.is_available(), **_precision_flags(cfg))
+        use_cpu=not torch.cuda.is_available(), **_precision_flags(amp))
 
 
 def _train_and_save(cfg: RunConfig, trainer: Trainer, tokenizer, splits, out: Path, resume_from: Path | None,

@@ -5,6 +5,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from kdapp.config import RunConfig
 from kdapp.estimate import estimate_run, format_duration
@@ -185,3 +186,33 @@ def test_estimate_times_the_last_layer_as_the_run_will(teacher_dir, reviews_parq
                     max_length=16, num_train_epochs=1.0, per_device_train_batch_size=8, eval_strategy="no", **changes)
     estimate_run(cfg)
     assert len(switched) == (2 if timed_cls_only else 0)  # the student's and the teacher's timed steps
+
+
+@pytest.mark.parametrize("changes, student_amp, teacher_amp", [
+    ({}, None, None), ({"mixed_precision": "bf16"}, torch.bfloat16, torch.bfloat16),
+    ({"mixed_precision": "bf16", "teacher_precision": "fp32"}, torch.bfloat16, None)])
+def test_estimate_times_the_precision_the_run_trains_in(teacher_dir, reviews_parquet, monkeypatch, changes,
+                                                        student_amp, teacher_amp):
+    import kdapp.estimate as est
+
+    monkeypatch.setattr(est, "_COSTS", {})
+    timed = []
+    real = est.measure_step_cost
+    monkeypatch.setattr(est, "measure_step_cost", lambda *a, **kw: timed.append(a[5]) or real(*a, **kw))
+    cfg = RunConfig(kind="distill", teacher=str(teacher_dir), student="from-teacher", data=str(reviews_parquet),
+                    max_length=16, num_train_epochs=1.0, per_device_train_batch_size=8, eval_strategy="no", **changes)
+    estimate_run(cfg)
+    assert timed == [student_amp, teacher_amp]
+    if student_amp is not None:  # and the timed passes did run in it
+        dtypes, real_model = set(), est._random_model
+
+        def recorded(config):
+            model = real_model(config)
+            linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+            linear.register_forward_hook(lambda mod, inp, out: dtypes.add(out.dtype))
+            return model
+
+        monkeypatch.setattr(est, "_COSTS", {})
+        monkeypatch.setattr(est, "_random_model", recorded)
+        real(est.model_config(str(teacher_dir)), 16, "cpu", 1, True, student_amp)
+        assert dtypes == {student_amp}

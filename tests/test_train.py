@@ -256,6 +256,78 @@ def test_int8_teacher_on_the_fly(teacher_run, student_dir, reviews_parquet, work
     assert meta["teacher_params"] > 0 and all(h["loss_kd"] > 0 for h in result.log_history if "loss" in h)
 
 
+class LinearDtypes(TrainerCallback):
+    """The dtype of the trained model's first Linear output at every training forward."""
+    def __init__(self):
+        self.dtypes = set()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        linear.register_forward_hook(lambda mod, inp, out: self.dtypes.add(out.dtype) if mod.training else None)
+
+
+def test_cpu_bf16_training_runs_student_and_teacher_in_bf16(teacher_run, reviews_parquet, workdir, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty logit cache
+    seen = LinearDtypes()
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER, workdir / "bf16",
+                                         mixed_precision="bf16", cache_teacher_logits=True), callbacks=[seen])
+    assert result.status == "done", result.message
+    assert seen.dtypes == {torch.bfloat16}  # the student's forward under autocast
+    meta = load_run_info(result.output_dir).run_config["meta"]
+    assert (meta["mixed_precision_effective"], meta["teacher_precision_effective"]) == ("bf16", "bf16")
+    assert meta["dropout_path"] == "torch"  # kdapp's CPU dropout serves float32 only
+    saved = load_file(result.output_dir / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}  # float32 master weights, as saved
+    # the cache holds the bf16 teacher's logits, in a file of its own (never mixed with the fp32 teacher's)
+    teacher, tok = load_pair(str(teacher_run.output_dir))
+    bf16_teacher = prepare_model(teacher, "bf16", "cpu")
+    name, stored = _only_cache_file(tmp_path)
+    assert name == teacher_fingerprint(bf16_teacher) != teacher_fingerprint(teacher)
+    ids = encode(tok, load_splits(str(reviews_parquet), None, 48)["train"]["text"], 32)
+    got = torch.stack([stored[k.tobytes()] for k in row_keys(ids)])
+    assert torch.allclose(got, torch.from_numpy(logits_from_ids(bf16_teacher, ids, tok.pad_token_id, 32)), atol=1e-5)
+
+
+def test_cpu_bf16_teacher_on_the_fly_and_a_teacher_run(teacher_run, teacher_dir, student_dir, reviews_parquet,
+                                                        workdir):
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, student_dir, workdir / "bf16-fly",
+                                         mixed_precision="bf16", teacher_precision="fp32"))
+    assert result.status == "done", result.message
+    meta = load_run_info(result.output_dir).run_config["meta"]
+    assert (meta["mixed_precision_effective"], meta["teacher_precision_effective"]) == ("bf16", "fp32")
+    assert all(h["loss_kd"] > 0 for h in result.log_history if "loss" in h)
+    seen = LinearDtypes()
+    teacher = train_teacher(teacher_cfg(reviews_parquet, workdir / "bf16-teacher", model=str(teacher_dir),
+                                        mixed_precision="bf16"), callbacks=[seen])
+    assert teacher.status == "done" and seen.dtypes == {torch.bfloat16}
+    assert load_run_info(teacher.output_dir).run_config["meta"]["mixed_precision_effective"] == "bf16"
+
+
+def test_cpu_fp16_is_refused_before_any_work(teacher_run, teacher_dir, reviews_parquet, workdir):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER, workdir / "fp16",
+                                    mixed_precision="fp16"))
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        train_teacher(teacher_cfg(reviews_parquet, workdir / "fp16-teacher", model=str(teacher_dir),
+                                  mixed_precision="fp16"))
+    assert not (workdir / "fp16").exists() and not (workdir / "fp16-teacher").exists()
+
+
+@pytest.mark.parametrize("asked, native, dtype, warns", [("auto", True, None, False), ("no", True, None, False),
+                                                         ("bf16", True, torch.bfloat16, False),
+                                                         ("bf16", False, torch.bfloat16, True)])
+def test_cpu_mixed_precision_choice(monkeypatch, caplog, asked, native, dtype, warns):
+    import kdapp.train
+
+    monkeypatch.setattr(kdapp.train.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(kdapp.train, "native_bf16", lambda: native)
+    cfg = RunConfig(kind="teacher", data="d.csv", mixed_precision=asked)
+    with caplog.at_level("WARNING", logger="kdapp.train"):
+        assert kdapp.train.mixed_precision_dtype(cfg) == dtype
+    assert ("no native bf16" in caplog.text) is warns
+
+
 def test_student_with_another_vocabulary_is_refused(teacher_run, reviews_parquet, workdir, tmp_path):
     from conftest import VOCAB, tiny_distilbert
     from transformers import BertTokenizerFast
