@@ -570,8 +570,8 @@ def write_report(report: dict, out: Path) -> None:
             lines.append(f"| {k} | {v['train_samples_per_second']:.2f} | {v['train_runtime_s']:.1f} | "
                          f"{v.get('wall_s', '-')} | {v.get('cache_s', '-')} | "
                          f"{'model default (0.1)' if dropout is None else dropout} | {_dropout_label(k, v)} | "
-                         f"{v.get('last_layer', 'full')} | "
-                         f"{v.get('teacher_precision', 'fp32').replace('auto', 'fp32')} | {v.get('mixed_precision', 'fp32')} |")
+                         f"{v.get('last_layer', 'full')} | {v.get('teacher_precision', 'fp32').replace('auto', 'fp32')} "
+                         f"| {v.get('mixed_precision', 'fp32')} |")
     if report["inference"]:
         lines += ["", "| inference path | reviews/s | accuracy | reviews | size MB | last layer |",
                   "|---|---|---|---|---|---|"]
