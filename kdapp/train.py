@@ -208,8 +208,8 @@ def _view_targets(cfg: RunConfig, rate: float) -> str | None:
 
 
 def _dropout_path(cfg: RunConfig, model, amp: torch.dtype | None) -> str:
-    """Switch the trained model to kdapp's CPU dropout when asked, on CPU and in float32 (it hands bf16 tensors to
-    PyTorch's dropout); what the metadata records."""
+    """Switch the trained model to kdapp's CPU dropout when asked, on CPU and in float32 (the path serves float32
+    only: under bf16 autocast PyTorch's dropout runs); what the metadata records."""
     if not cfg.fast_dropout or torch.cuda.is_available() or amp is not None:
         return "torch"
     use_fast_dropout(model)

@@ -5,6 +5,7 @@ import shutil
 import urllib.request
 
 import pytest
+import torch
 from transformers import BertTokenizerFast, TrainerCallback
 
 from app_fixtures import handler, launch, teacher_form
@@ -189,6 +190,27 @@ def test_teacher_length_precision_and_views_reach_the_run(runs, tmp_path, review
         (None, None)  # the no-KD student of the same job has no teacher
     assert (nokd.run_config["mixup_alpha"], nokd.run_config["meta"]["mixup_targets"]) == (0.0, None)
     assert (nokd.run_config["online_mask_prob"], nokd.run_config["meta"]["online_mask_targets"]) == (0.0, None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 training is refused on CPU only")
+def test_cpu_fp16_is_refused_and_bf16_reaches_the_runs(demo, runs, tmp_path, reviews_parquet, in_tmp_cwd,
+                                                        teacher_dir):
+    refusal = ("Not started: mixed_precision fp16 needs a CUDA GPU; on CPU use bf16 (fast on CPUs with AVX-512 BF16 "
+               "or AMX) or no")
+    _, status, _ = start_distill(demo, runs[1]["teacher"], reviews_parquet, mixed_precision="fp16")
+    assert status == refusal, status
+    _, status, _ = handler(demo, "start_teacher")(**teacher_form(teacher_dir, reviews_parquet, mixed_precision="fp16"))
+    assert status == refusal, status
+    answers_next_good_request(demo, runs)
+    fresh = build_app(JobRegistry(), tmp_path / "ckpt")
+    job_id, status, _ = start_distill(fresh, runs[1]["teacher"], reviews_parquet, mixed_precision="bf16",
+                                      also_nokd=True)
+    snap = finished(fresh, job_id)
+    assert snap.status == "done", snap.status_line
+    kd, nokd = sorted(fresh.kdapp_context.runs(), key=lambda r: r.run_config["alpha"])
+    assert kd.run_config["meta"]["mixed_precision_effective"] == nokd.run_config["meta"][
+        "mixed_precision_effective"] == "bf16"  # the no-KD student of the same job trains like the KD one
+    assert kd.run_config["meta"]["teacher_precision_effective"] == "bf16"
 
 
 def test_holdout_fold_and_fold_teachers_reach_the_runs(runs, tmp_path, reviews_parquet, in_tmp_cwd, teacher_dir):

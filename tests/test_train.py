@@ -1,5 +1,6 @@
 """End to end through train_teacher and distill_student with tiny models: files, metrics, options, resume."""
 import json
+import math
 
 import pytest
 import torch
@@ -302,6 +303,18 @@ def test_cpu_bf16_teacher_on_the_fly_and_a_teacher_run(teacher_run, teacher_dir,
                                         mixed_precision="bf16"), callbacks=[seen])
     assert teacher.status == "done" and seen.dtypes == {torch.bfloat16}
     assert load_run_info(teacher.output_dir).run_config["meta"]["mixed_precision_effective"] == "bf16"
+
+
+def test_cpu_bf16_with_the_on_the_fly_options(teacher_run, reviews_parquet, workdir):
+    """The hidden-state loss, mixup and online masking read the bf16 teacher's outputs next to the student's."""
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER, workdir / "bf16-views",
+                                         mixed_precision="bf16", hidden_loss="cosine", mixup_alpha=0.4,
+                                         online_mask_prob=0.2))
+    assert result.status == "done", result.message
+    logs = [h for h in result.log_history if "loss" in h]
+    parts = ("loss", "loss_ce", "loss_kd", "loss_hidden", "loss_mix", "loss_masked")
+    assert logs and all(math.isfinite(h[k]) for h in logs for k in parts)
+    assert load_run_info(result.output_dir).run_config["meta"]["teacher_precision_effective"] == "bf16"
 
 
 def test_cpu_fp16_is_refused_before_any_work(teacher_run, teacher_dir, reviews_parquet, workdir):

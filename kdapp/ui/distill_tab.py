@@ -12,7 +12,7 @@ from ..sweep import NO_KD_OPTIONS
 from ..train import distill_student
 from .common import AppContext, Refresher, read_json, as_float, as_int, guarded, local_imdb, password_box
 from .job_panel import attach_latest, build_config, build_job_panel, start_job
-from .train_tab import default_threads
+from .train_tab import default_threads, mixed_precision_radio
 
 FROM_TEACHER_LABEL = "made from the teacher (every other layer)"
 OTHER_LABEL = "hub id or local checkpoint"
@@ -126,6 +126,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                                        info="teachers trained with Hold out fold 0/K ... K-1/K: each labels the "
                                             "reviews it did not see (needs the logit cache; README: Accuracy)",
                                        elem_id="distill_fold_teachers")
+            mixed_precision = mixed_precision_radio("distill")
             run_name = gr.Textbox("", label="Run name (empty = automatic)")
     password = password_box(ctx, "distill")
     with gr.Row():
@@ -139,7 +140,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             max_length, warmup, alpha, temperature, also_nokd, wandb, truncation, transfer_data, transfer_samples,
             hidden_loss, hidden_loss_weight, cache_logits, augment, augment_masked, max_steps, logging_steps,
             eval_strategy, seed, threads, run_name, attention_dropout, teacher_max_length, teacher_precision,
-            mixup_alpha, online_mask_prob, fold_teachers]
+            mixup_alpha, online_mask_prob, fold_teachers, mixed_precision]
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
@@ -148,7 +149,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                       hidden_loss_weight, cache_teacher_logits, augment_windows, augment_masked, max_steps,
                       logging_steps, eval_strategy, seed, num_threads, run_name, attention_dropout=None,
                       teacher_max_length=None, teacher_precision="auto", mixup_alpha=0.0, online_mask_prob=0.0,
-                      fold_teachers="", password=""):
+                      fold_teachers="", mixed_precision="auto", password=""):
         """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
         ctx.unlock(password)
         from_teacher = student_source != OTHER_LABEL
@@ -172,7 +173,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             teacher_max_length=as_int(teacher_max_length), teacher_precision=teacher_precision or "auto",
             mixup_alpha=as_float(mixup_alpha) or 0.0, online_mask_prob=as_float(online_mask_prob) or 0.0,
             fold_teachers=",".join(ctx.model_name(f.strip()) for f in (fold_teachers or "").split(",") if f.strip())
-            or None)
+            or None, mixed_precision=mixed_precision or "auto")
         cfg = build_config("distill", ctx.root, **values)
         stages = [Stage("KD student" if cfg.alpha < 1 else "no-KD student", distill_student, cfg)]
         if also_nokd and cfg.alpha < 1:

@@ -15,6 +15,7 @@ from ..data import DataError
 from ..estimate import estimate_run, format_duration
 from ..jobs import JobBusy, JobSnapshot, Stage
 from ..models import ModelError
+from ..train import mixed_precision_dtype
 from .common import AppContext, error_message
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def build_config(kind: str, root, **values) -> RunConfig:
     """dataclasses.replace over RunConfig's defaults: its ValueError is the UI's message. The run folder goes under
     the app's checkpoints root."""
     cfg = dataclasses.replace(RunConfig(), kind=kind, **values)
+    mixed_precision_dtype(cfg)  # the run's own refusal (fp16 on a CPU), before a job starts
     name = cfg.resolved_run_name()
     return dataclasses.replace(cfg, run_name=name, output_dir=str(root / name))
 

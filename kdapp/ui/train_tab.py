@@ -8,6 +8,7 @@ import torch
 
 from ..config import RunConfig
 from ..estimate import estimate_run
+from ..inference import native_bf16
 from ..jobs import Stage
 from ..checkpoints import INCOMPLETE, last_trainer_checkpoint, list_incomplete
 from ..train import distill_student, train_teacher
@@ -22,6 +23,16 @@ DEFAULTS = RunConfig()
 def default_threads() -> int | None:
     """Training leaves one core to predictions and benchmarks (STACK_NOTES 0); a GPU run needs no choice."""
     return None if torch.cuda.is_available() else max(1, (os.cpu_count() or 2) - 1)
+
+
+def mixed_precision_radio(tab: str) -> gr.Radio:
+    """Training precision: auto (fp32 on CPU, bf16/fp16 on a GPU), no, bf16, fp16 (GPU only)."""
+    choices = ["auto", "no", "bf16"] + (["fp16"] if torch.cuda.is_available() else [])
+    here = ("a GPU" if torch.cuda.is_available() else
+            f"a CPU {'with' if native_bf16() else 'without'} native bf16")
+    return gr.Radio(choices, value=DEFAULTS.mixed_precision, label="Mixed precision", elem_id=f"{tab}_mixed_precision",
+                    info=f"auto: bf16/fp16 on a GPU, fp32 on CPU; bf16 on a CPU with AVX-512 BF16 or AMX trains "
+                         f"faster, elsewhere slower (README: Speed). This is {here}.")
 
 
 def quick_preset() -> dict:
@@ -97,6 +108,7 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
                                       info="e.g. 0/4: a fold teacher that labels the quarter it did not see, for "
                                            "the Distill tab's fold teachers (README: Accuracy)",
                                       elem_id="train_holdout_fold")
+            mixed_precision = mixed_precision_radio("train")
     password = password_box(ctx, "train")
     with gr.Row():
         quick = gr.Button("Quick CPU run (preset)", elem_id="train_quick")
@@ -111,12 +123,13 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
             resume = gr.Button("Resume", elem_id="train_resume", scale=1)
 
     form = [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, wandb, truncation, eval_strategy,
-            run_name, max_steps, logging_steps, weight_decay, seed, threads, attention_dropout, holdout_fold]
+            run_name, max_steps, logging_steps, weight_decay, seed, threads, attention_dropout, holdout_fold,
+            mixed_precision]
 
     def config_from_form(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                          batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
                          max_steps, logging_steps, weight_decay, seed, num_threads,
-                         attention_dropout=None, holdout_fold=None) -> RunConfig:
+                         attention_dropout=None, holdout_fold=None, mixed_precision="auto") -> RunConfig:
         return build_config("teacher", ctx.root, model=ctx.model_name(model), data=data,
                             max_train_samples=as_int(max_train_samples), max_eval_samples=as_int(max_eval_samples),
                             num_train_epochs=float(num_train_epochs or 0), learning_rate=float(learning_rate or 0),
@@ -127,20 +140,21 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
                             max_steps=as_int(max_steps) or -1, logging_steps=as_int(logging_steps, False) or 0,
                             weight_decay=float(weight_decay or 0), seed=as_int(seed, False) or 0,
                             num_threads=as_int(num_threads), attention_dropout=as_float(attention_dropout),
-                            holdout_fold=(holdout_fold or "").strip() or None)
+                            holdout_fold=(holdout_fold or "").strip() or None,
+                            mixed_precision=mixed_precision or "auto")
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_teacher(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                       batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
                       max_steps, logging_steps, weight_decay, seed, num_threads, attention_dropout=None,
-                      holdout_fold=None, upload=None, password=""):
+                      holdout_fold=None, mixed_precision="auto", upload=None, password=""):
         """Start fine-tuning a teacher in the background; returns (job id, status, timer)."""
         ctx.unlock(password)
         data = safety.check_upload(upload) or ctx.data_name(data, data_choices())
         cfg = config_from_form(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                                batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
                                max_steps, logging_steps, weight_decay, seed, num_threads, attention_dropout,
-                               holdout_fold)
+                               holdout_fold, mixed_precision)
         return start_job(ctx, "teacher", f"teacher {cfg.run_name}", [Stage("teacher", train_teacher, cfg)])
 
     @guarded(lambda msg: (*[gr.skip()] * 9, f"Preset filled; no estimate: {msg}"), ctx)
