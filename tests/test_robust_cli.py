@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import VOCAB, make_reviews
 from kdapp.checkpoints import list_incomplete, list_runs
@@ -90,6 +91,15 @@ def test_bad_settings(argv, message, teacher_dir):
 def test_max_length_beyond_the_models_limit(teacher_dir, reviews_parquet):
     fails_with(["teacher", "--model", teacher_dir, "--data", reviews_parquet, *TINY, "--max_length", "512"],
                "max_length 512 is beyond the model's limit of 64 positions")
+    next_good_command_works(teacher_dir)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 training is refused on CPU only")
+def test_fp16_training_on_cpu(teacher_dir, reviews_parquet, tmp_path):
+    out = tmp_path / "fp16"
+    fails_with(["teacher", "--model", teacher_dir, "--data", reviews_parquet, *TINY, "--mixed_precision", "fp16",
+                "--output_dir", str(out)], "mixed_precision fp16 needs a CUDA GPU; on CPU use bf16")
+    assert not out.exists() and not out.with_name("fp16.incomplete").exists()
     next_good_command_works(teacher_dir)
 
 
