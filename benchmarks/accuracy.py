@@ -231,7 +231,10 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                                                  seed=seed, **COMMON, **KDAPP_STUDENT))
            for kind, what, options in (("kd", "kdapp: KD student, labelled reviews only", KD),
                                        ("nokd", "control: no-KD student", dict(alpha=1.0)))
-           for sfx, seed in (("", 42), ("-s43", 43))},
+           for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        "nokd-pretrained-3ep": ("nokd-pretrained, 3 epochs (is 2 too few from the pretrained layers?)",
+                                RunConfig(kind="distill", teacher=t_kdapp, **PRETRAINED_STUDENT, alpha=1.0, **COMMON,
+                                          **KDAPP_STUDENT_3EP)),
     }
 
 
@@ -386,7 +389,12 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-transfer-masked-crossfit", "kd-transfer-masked"), ("nokd-bf16", "nokd"),
              ("kd-transfer-masked-bf16", "kd-transfer-masked"), ("kd-transfer-masked-bf16", "nokd-bf16"),
              ("kd-pretrained", "nokd-pretrained"), ("kd-pretrained-s43", "nokd-pretrained-s43"),
-             ("nokd", "nokd-pretrained"), ("kd", "kd-pretrained")]
+             ("nokd", "nokd-pretrained"), ("kd", "kd-pretrained"),
+             # kdapp's KD students against the student trained without the teacher (pretrained init, labels only)
+             ("kd", "nokd-pretrained"), ("nokd-s43", "nokd-pretrained-s43"), ("nokd-s44", "nokd-pretrained-s44"),
+             ("nokd-pretrained-3ep", "nokd-pretrained"),
+             *((f"{recipe}{sfx}", f"nokd-pretrained{sfx}") for recipe in ("kd-crossfit", "kd-transfer-masked")
+               for sfx in ("", "-s43", "-s44"))]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
     teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
 
@@ -411,6 +419,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
                          + f"; mean {100 * v['mean']:.2f} %, range {100 * v['range']:.2f} points")
         for recipe, reference in (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"),
                                   ("kd-crossfit", "nokd"), ("kd-pretrained", "nokd-pretrained"),
+                                  ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
+                                  ("kd-transfer-masked", "nokd-pretrained"),
                                   ("kd-masked-online-3ep", "nokd-3ep"), ("kd-masked-online30-3ep", "nokd-3ep")):
             if {recipe, reference} <= spread.keys():  # over the seeds both have
                 seeds = sorted({sd for sd, _ in spread[recipe]["runs"]} & {sd for sd, _ in spread[reference]["runs"]})
