@@ -232,9 +232,11 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
            for kind, what, options in (("kd", "kdapp: KD student, labelled reviews only", KD),
                                        ("nokd", "control: no-KD student", dict(alpha=1.0)))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
-        "nokd-pretrained-3ep": ("nokd-pretrained, 3 epochs (is 2 too few from the pretrained layers?)",
-                                RunConfig(kind="distill", teacher=t_kdapp, **PRETRAINED_STUDENT, alpha=1.0, **COMMON,
-                                          **KDAPP_STUDENT_3EP)),
+        **{f"nokd-pretrained-3ep{sfx}": ("nokd-pretrained, 3 epochs (is 2 too few from the pretrained layers?)"
+                                         + (f", seed {seed}" if sfx else ""),
+                                         RunConfig(kind="distill", teacher=t_kdapp, **PRETRAINED_STUDENT, alpha=1.0,
+                                                   seed=seed, **COMMON, **KDAPP_STUDENT_3EP))
+           for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
     }
 
 
@@ -393,6 +395,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
              # kdapp's KD students against the student trained without the teacher (pretrained init, labels only)
              ("kd", "nokd-pretrained"), ("nokd-s43", "nokd-pretrained-s43"), ("nokd-s44", "nokd-pretrained-s44"),
              ("nokd-pretrained-3ep", "nokd-pretrained"),
+             *((f"{recipe}{sfx}", f"nokd-pretrained-3ep{sfx}") for recipe in ("kd-crossfit", "kd-transfer-masked")
+               for sfx in ("", "-s43", "-s44")),
              *((f"{recipe}{sfx}", f"nokd-pretrained{sfx}") for recipe in ("kd-crossfit", "kd-transfer-masked")
                for sfx in ("", "-s43", "-s44"))]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
@@ -420,7 +424,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
         for recipe, reference in (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"),
                                   ("kd-crossfit", "nokd"), ("kd-pretrained", "nokd-pretrained"),
                                   ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
-                                  ("kd-transfer-masked", "nokd-pretrained"),
+                                  ("kd-transfer-masked", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained-3ep"),
+                                  ("kd-transfer-masked", "nokd-pretrained-3ep"),
                                   ("kd-masked-online-3ep", "nokd-3ep"), ("kd-masked-online30-3ep", "nokd-3ep")):
             if {recipe, reference} <= spread.keys():  # over the seeds both have
                 seeds = sorted({sd for sd, _ in spread[recipe]["runs"]} & {sd for sd, _ in spread[reference]["runs"]})
