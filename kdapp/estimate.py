@@ -257,7 +257,7 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
         raise ModelError(f"max_length {cfg.max_length} is beyond the model's limit of {limit} positions; use "
                          f"--max_length {limit} or less")
     cls_only = cfg.last_layer_cls_only()
-    amp = mixed_precision_dtype(cfg)  # the teacher runs in it too where its precision is auto
+    amp = mixed_precision_dtype(cfg, warn=False)  # the teacher runs in it too where its precision is auto
     student = measure_step_cost(student_cfg, tokens, device, threads, cls_only, amp)
     token_count = trained_rows * tokens
     # views made on the fly (mixup, online masking): one more student forward + backward per step each

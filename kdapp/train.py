@@ -297,11 +297,11 @@ def _half_dtype(args: TrainingArguments) -> torch.dtype:
     return torch.bfloat16 if args.bf16 else torch.float16
 
 
-def mixed_precision_dtype(cfg: RunConfig) -> torch.dtype | None:
+def mixed_precision_dtype(cfg: RunConfig, warn: bool = True) -> torch.dtype | None:
     """The autocast dtype the run trains in (None: float32). GPU: auto is bf16 where supported, else fp16. CPU: auto
     is float32 (results comparable across CPUs); bf16 on request, native on CPUs with AVX-512 BF16 or AMX (about
     1.5x faster steps there, README: Speed), emulated and slower than float32 elsewhere (a warning says so); fp16
-    is refused (no fast CPU kernels)."""
+    is refused (no fast CPU kernels). warn: False where the run itself will warn (an estimate, the app's check)."""
     if cfg.mixed_precision == "no":
         return None
     if torch.cuda.is_available():
@@ -313,7 +313,7 @@ def mixed_precision_dtype(cfg: RunConfig) -> torch.dtype | None:
     if cfg.mixed_precision == "fp16":
         raise ValueError("mixed_precision fp16 needs a CUDA GPU; on CPU use bf16 (fast on CPUs with AVX-512 BF16 or "
                          "AMX) or no")
-    if not native_bf16():
+    if warn and not native_bf16():
         log.warning("mixed_precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX); PyTorch emulates it, "
                     "slower than float32. Use --mixed_precision no here.")
     return torch.bfloat16

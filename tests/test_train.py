@@ -337,6 +337,8 @@ def test_cpu_mixed_precision_choice(monkeypatch, caplog, asked, native, dtype, w
     monkeypatch.setattr(kdapp.train, "native_bf16", lambda: native)
     cfg = RunConfig(kind="teacher", data="d.csv", mixed_precision=asked)
     with caplog.at_level("WARNING", logger="kdapp.train"):
+        assert kdapp.train.mixed_precision_dtype(cfg, warn=False) == dtype  # an estimate's or the app's check
+        assert "no native bf16" not in caplog.text
         assert kdapp.train.mixed_precision_dtype(cfg) == dtype
     assert ("no native bf16" in caplog.text) is warns
 

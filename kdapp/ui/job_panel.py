@@ -125,7 +125,7 @@ def build_config(kind: str, root, **values) -> RunConfig:
     """dataclasses.replace over RunConfig's defaults: its ValueError is the UI's message. The run folder goes under
     the app's checkpoints root."""
     cfg = dataclasses.replace(RunConfig(), kind=kind, **values)
-    mixed_precision_dtype(cfg)  # the run's own refusal (fp16 on a CPU), before a job starts
+    mixed_precision_dtype(cfg, warn=False)  # the run's own refusal (fp16 on a CPU), before a job starts
     name = cfg.resolved_run_name()
     return dataclasses.replace(cfg, run_name=name, output_dir=str(root / name))
 
