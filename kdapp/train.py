@@ -171,7 +171,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=trainer_metrics, callbacks=callbacks,
         teacher=teacher, alpha=cfg.alpha, temperature=cfg.temperature, hidden_loss=cfg.hidden_loss,
         hidden_loss_weight=cfg.hidden_loss_weight, logit_cache=cache,
-        teacher_dtype=_half_dtype(args) if use_cuda and cfg.teacher_precision == "auto" else None,
+        # GPU: the teacher in the run's half precision (fp16 when the student trains in fp32)
+        teacher_dtype=(amp or torch.float16) if use_cuda and cfg.teacher_precision == "auto" else None,
         mixup_alpha=cfg.mixup_alpha, online_mask_prob=cfg.online_mask_prob)
     meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows, "transfer_rows": transfer_rows,
             "augment_rows": augment_rows, "augment_targets": "labels" if cfg.alpha == 1.0 else "teacher",
@@ -291,10 +292,6 @@ def _tokenize(cfg: RunConfig, ds, tokenizer, max_length: int):
 def _set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(n)
-
-
-def _half_dtype(args: TrainingArguments) -> torch.dtype:
-    return torch.bfloat16 if args.bf16 else torch.float16
 
 
 def mixed_precision_dtype(cfg: RunConfig, warn: bool = True) -> torch.dtype | None:
