@@ -63,6 +63,10 @@ def _config_from_args(kind: str, ns: argparse.Namespace) -> RunConfig:
     return RunConfig.from_dict(values)
 
 
+WINDOWS_HELP = ("read each review whole: max_length windows, half overlapping, their logits averaged (slower on "
+                "long reviews); unset: the run's truncation (head or head+tail)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kdapp", description=__doc__.split("\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="less logging")
@@ -110,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference precision (CPU: fp32, bf16, int8; GPU: fp32, fp16, bf16, int8, int4); several, "
                         "e.g. fp32 int8, print accuracy, size and speed side by side (JSON: {'results': [...]})")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--windows", action="store_true", help=WINDOWS_HELP)
     p.add_argument("--json", help="write the results to this JSON file")
 
     p = sub.add_parser("bench", help="latency, throughput, size and memory of models -> the seed's table + JSON",
@@ -139,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify reviews given on the command line")
     p.add_argument("--model", required=True, help="checkpoint folder or hub id")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8", "int4"])
-    p.add_argument("--max_length", type=int, default=512)
+    p.add_argument("--max_length", type=int, help="default: the run's max_length, else 512")
+    p.add_argument("--windows", action="store_true", help=WINDOWS_HELP)
     p.add_argument("texts", nargs="+", metavar="TEXT", help="review text(s); '-' reads one review per line from stdin")
     return parser
 
@@ -206,8 +212,9 @@ def cmd_evaluate(ns) -> int:
     ns.precision = ns.precision[0]
     with _progress_bar("scoring") as progress:
         res = evaluate_checkpoint(ns.model, ns.data, ns.max_eval_samples, ns.max_length,
-                                  ns.per_device_eval_batch_size, ns.precision, ns.device, progress=progress)
-    summary = {k: res[k] for k in ("model", "precision", "n", "accuracy", "f1_weighted", "ece", "params", "size_mb",
+                                  ns.per_device_eval_batch_size, ns.precision, ns.device, progress=progress,
+                                  windows=ns.windows)
+    summary = {k: res[k] for k in ("model", "precision", "reading", "n", "accuracy", "f1_weighted", "ece", "params", "size_mb",
                                    "samples_per_second")}
     print(json.dumps(summary, indent=2))
     _write_json(ns.json, res)
@@ -223,7 +230,8 @@ def _evaluate_precisions(ns) -> int:
     for precision in dict.fromkeys(ns.precision):
         with _progress_bar(f"scoring ({precision})") as progress:
             results.append(evaluate_checkpoint(ns.model, ns.data, ns.max_eval_samples, ns.max_length,
-                                               ns.per_device_eval_batch_size, precision, ns.device, progress=progress))
+                                               ns.per_device_eval_batch_size, precision, ns.device, progress=progress,
+                                               windows=ns.windows))
     print(precision_table(results))
     _write_json(ns.json, {"model": ns.model, "data": ns.data, "results": results})
     return 0
@@ -243,6 +251,7 @@ def cmd_bench(ns) -> int:
 
 def cmd_predict(ns) -> int:
     from kdapp.encoding import MAX_REVIEW_CHARS
+    from kdapp.evaluation import saved_run_config
     from kdapp.inference import predict, prepare_model
     from kdapp.models import load_pair
 
@@ -257,7 +266,10 @@ def cmd_predict(ns) -> int:
                   file=sys.stderr)
     model, tokenizer = load_pair(ns.model)
     model = prepare_model(model, ns.precision)
-    for text, p in zip(texts, predict(model, tokenizer, texts, max_length=ns.max_length)):
+    rc = saved_run_config(ns.model)  # read the reviews as the model was trained to read them
+    probs = predict(model, tokenizer, texts, max_length=ns.max_length or rc.get("max_length") or 512,
+                    truncation=rc.get("truncation") or "head", head_tokens=rc.get("head_tokens"), windows=ns.windows)
+    for text, p in zip(texts, probs):
         short = text if len(text) <= 60 else text[:57] + "..."
         print(f"{p['label']:<8} {p['score']:.3f}  {short}")
     return 0

@@ -41,6 +41,31 @@ def encode(tokenizer, texts: list[str], max_length: int, truncation: str = "head
     return out
 
 
+def review_windows(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
+    """Every review read whole: windows of max_length tokens (special tokens included) covering all of it.
+
+    A review that fits is one window, the same ids as head truncation. A longer one gets the fewest windows, spread
+    evenly from its first token to its last, with consecutive windows overlapping by at least half (so every token is
+    read with some context on both sides in one of them). Returns (windows, owner): owner[k] is the index in `texts`
+    of window k's review."""
+    first, last = tokenizer.cls_token_id, tokenizer.sep_token_id
+    specials = [t for t in (first, last) if t is not None]
+    budget = max_length - len(specials)
+    if budget < 2:
+        raise ValueError(f"max_length {max_length} leaves no room for review tokens")
+    stride = budget // 2
+    windows, owner = [], []
+    for i, ids in enumerate(tokenizer([clean_text(t) for t in texts], add_special_tokens=False, truncation=False,
+                                      verbose=False, return_attention_mask=False,
+                                      return_token_type_ids=False)["input_ids"]):
+        n = 1 if len(ids) <= budget else -(-(len(ids) - budget) // stride) + 1
+        for start in np.linspace(0, max(len(ids) - budget, 0), n).round().astype(int):
+            windows.append(([first] if first is not None else []) + ids[start: start + budget]
+                           + ([last] if last is not None else []))
+            owner.append(i)
+    return windows, np.asarray(owner, dtype=np.int64)
+
+
 def window_views(tokenizer, texts: list[str], max_length: int, per_review: int) -> list[list[int]]:
     """Extra views of long reviews: up to `per_review` further max_length windows of each text (after the first).
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .cls_only import cls_only as last_layer_cls_only
-from .encoding import encode
+from .encoding import encode, review_windows
 from .quantize import quantize_int8
 
 log = logging.getLogger(__name__)
@@ -148,13 +148,27 @@ def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 
     return out
 
 
+def reading_length(model, max_length: int) -> int:
+    """max_length, capped at the positions the model has."""
+    return min(max_length, getattr(model.config, "max_position_embeddings", max_length))
+
+
 def predict_logits(model, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 64,
                    truncation: str = "head", head_tokens: int | None = None, progress=None,
-                   max_tokens: int | str | None = "auto") -> np.ndarray:
-    """Logits for raw review texts through the fast path (in input order)."""
-    max_length = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
-    ids = encode(tokenizer, list(texts), max_length, truncation, head_tokens)
-    return logits_from_ids(model, ids, tokenizer.pad_token_id or 0, batch_size, progress, max_tokens=max_tokens)
+                   max_tokens: int | str | None = "auto", windows: bool = False) -> np.ndarray:
+    """Logits for raw review texts through the fast path (in input order).
+
+    windows: read each review whole, as max_length windows (kdapp.encoding.review_windows), and return the mean of
+    its windows' logits (truncation and head_tokens are then unused); a review that fits is read once, as without."""
+    max_length = reading_length(model, max_length)
+    if not windows:
+        ids = encode(tokenizer, list(texts), max_length, truncation, head_tokens)
+        return logits_from_ids(model, ids, tokenizer.pad_token_id or 0, batch_size, progress, max_tokens=max_tokens)
+    ids, owner = review_windows(tokenizer, list(texts), max_length)
+    logits = logits_from_ids(model, ids, tokenizer.pad_token_id or 0, batch_size, progress, max_tokens=max_tokens)
+    total = np.zeros((len(texts), logits.shape[1]), dtype=np.float64)
+    np.add.at(total, owner, logits)
+    return (total / np.bincount(owner, minlength=len(texts))[:, None]).astype(np.float32)
 
 
 def predict(model, tokenizer, texts: list[str], **kwargs) -> list[dict]:

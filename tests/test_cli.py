@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from kdapp.__main__ import main
@@ -85,6 +86,23 @@ def test_predict_prints_a_label_per_text(pipeline):
         label, score, shown = line.split(maxsplit=2)
         assert label in ("POSITIVE", "NEGATIVE") and 0.5 <= float(score) <= 1.0
         assert text.startswith(shown.removesuffix("...").strip())
+
+
+def test_predict_and_evaluate_read_reviews_as_the_run_did_or_whole(pipeline, reviews_parquet):
+    """The run was trained at max_length 32: predict reads 32 tokens unless told otherwise; --windows reads all."""
+    from kdapp.inference import predict_logits
+    from kdapp.models import load_pair
+
+    student = pipeline["dir"] / "student"
+    text = " ".join(["great"] * 3 + ["the plot was"] * 30 + ["awful boring"] * 10)
+    model, tokenizer = load_pair(str(student))
+    for flags, windows in (([], False), (["--windows"], True)):
+        code, out, err = run_main(["predict", "--model", student, *flags, text])
+        p = np.exp(predict_logits(model, tokenizer, [text], 32, windows=windows)[0])
+        assert code == 0 and out.split()[1] == f"{p.max() / p.sum():.3f}", (flags, out, err)
+    code, out, err = run_main(["evaluate", "--model", student, "--data", reviews_parquet, "--max_eval_samples", "24",
+                               "--windows"])
+    assert code == 0 and json.loads(out)["reading"] == "windows"
 
 
 def test_predict_reads_stdin(pipeline, monkeypatch):

@@ -9,7 +9,7 @@ from transformers import BertTokenizerFast
 from conftest import VOCAB, make_reviews, tiny_bert
 from kdapp.__main__ import main
 from kdapp.cache import teacher_logits
-from kdapp.encoding import encode
+from kdapp.encoding import encode, review_windows
 from kdapp.inference import (CPU_BATCH_TOKENS, batch_tokens, length_batches, logits_from_ids, pad_batch, predict,
                               predict_logits, prepare_model)
 
@@ -78,6 +78,33 @@ def test_predict_labels_follow_the_logits(trained_model, tokenizer):
     id2label = trained_model.config.id2label  # a config-built model says LABEL_0 / LABEL_1
     assert [p["label"] for p in out] == [id2label[int(i)] for i in logits.argmax(-1)]
     assert all(abs(sum(p["probs"]) - 1) < 1e-5 and p["score"] >= 0.5 for p in out)
+
+
+def test_review_windows_cover_every_token_in_overlapping_windows(tokenizer):
+    text = " ".join(VOCAB[5:] + VOCAB[5:9])  # 28 tokens, the first 24 all different: each window's start is plain
+    body = tokenizer(text, add_special_tokens=False)["input_ids"]
+    windows, owner = review_windows(tokenizer, [text, "good film"], max_length=10)
+    assert len(body) == 28 and owner.tolist() == [0] * (len(windows) - 1) + [1]
+    long = windows[:-1]
+    assert all(len(w) == 10 and w[0] == tokenizer.cls_token_id and w[-1] == tokenizer.sep_token_id for w in long)
+    starts = [body.index(w[1]) for w in long]
+    assert [body[s: s + 8] for s in starts] == [w[1:-1] for w in long]
+    assert starts[0] == 0 and starts[-1] == 20  # from the first token to the last
+    assert all(0 < b - a <= 4 for a, b in zip(starts, starts[1:]))  # consecutive windows overlap by half or more
+    assert len(long) == 6  # and no more windows than that needs: ceil((28 - 8) / 4) + 1
+    assert windows[-1] == encode(tokenizer, ["good film"], 10)[0]  # a review that fits: read once, as truncated
+
+
+def test_windows_average_the_logits_of_each_reviews_windows(trained_model, tokenizer):
+    texts = [" ".join(["great"] * 3 + ["the plot"] * 20 + ["awful"] * 3), "good film", "bad"]
+    ids, owner = review_windows(tokenizer, texts, 16)
+    per_window = _direct(trained_model, ids).numpy()
+    expected = np.stack([per_window[owner == i].mean(0) for i in range(len(texts))])
+    got = predict_logits(trained_model, tokenizer, texts, max_length=16, windows=True)
+    assert (owner == 0).sum() >= 3 and np.allclose(got, expected, atol=1e-5)
+    truncated = predict_logits(trained_model, tokenizer, texts, max_length=16)
+    assert np.allclose(got[1:], truncated[1:], atol=1e-5)  # short reviews: the same as without windows
+    assert not np.allclose(got[0], truncated[0], atol=1e-3)  # the long one: more than its first window
 
 
 @pytest.mark.parametrize("precision", ["int8", "bf16"])

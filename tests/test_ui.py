@@ -35,6 +35,18 @@ def test_compare_shows_both_predictions_latency_and_agreement(demo, runs):
     assert cache.get(str(paths["teacher"])).model is first  # the LRU kept it loaded
 
 
+def test_compare_reads_the_whole_review_when_asked(demo, runs):
+    _, paths = runs
+    compare = handler(demo, "compare")
+    text = "great " * 3 + "the plot was " * 40 + "awful " * 3  # far past the tiny runs' max_length
+    _, _, as_trained = compare(text, str(paths["teacher"]), str(paths["kd"]))
+    _, _, whole = compare(text, str(paths["teacher"]), str(paths["kd"]), True)
+    assert "windows of" not in as_trained and "batch 1" in as_trained
+    assert whole.count("windows of") == 2 and "its windows batched" in whole
+    _, _, short = compare("great", str(paths["teacher"]), str(paths["kd"]), True)
+    assert "windows of" not in short  # a review that fits is read once
+
+
 def test_compare_messages_instead_of_errors(demo, runs):
     _, paths = runs
     compare = handler(demo, "compare")

@@ -5,8 +5,8 @@ import time
 
 import gradio as gr
 
-from ..encoding import MAX_REVIEW_CHARS
-from ..inference import predict
+from ..encoding import MAX_REVIEW_CHARS, review_windows
+from ..inference import predict, reading_length
 from .common import AppContext, Refresher, guarded
 
 EXAMPLES = [
@@ -30,6 +30,9 @@ def build_compare_tab(ctx: AppContext):
                               info="a checkpoint, or type a hub id / local folder")
     text = gr.Textbox(label="Review", lines=4, placeholder="Type or paste a movie review…", elem_id="compare_text")
     gr.Examples(EXAMPLES, inputs=text, label="Example reviews (click one)")
+    whole = gr.Checkbox(False, label="Read the whole review", elem_id="compare_windows",
+                        info="a review longer than a model's max_length is read as half-overlapping windows and their "
+                             "logits averaged; unset: as the model was trained (its truncation)")
     button = gr.Button("Compare", variant="primary", elem_id="compare_btn")
     with gr.Row():
         teacher_label = gr.Label(label="Teacher", num_top_classes=2, elem_id="compare_teacher_label")
@@ -37,8 +40,10 @@ def build_compare_tab(ctx: AppContext):
     info = gr.Markdown(elem_id="compare_info")
 
     @guarded(lambda msg: (None, None, f"⚠️ {msg}"), ctx)
-    def compare(text: str, teacher: str, student: str):
-        """Predict one review with both models: (teacher probabilities, student probabilities, summary)."""
+    def compare(text: str, teacher: str, student: str, windows: bool = False):
+        """Predict one review with both models: (teacher probabilities, student probabilities, summary).
+
+        windows: each model reads the whole review (max_length windows, logits averaged)."""
         if not (text or "").strip():
             raise ValueError("Type or paste a review first (or click an example).")
         if not (teacher or student):
@@ -51,11 +56,14 @@ def build_compare_tab(ctx: AppContext):
             m = ctx.models.get(ctx.model_name(name))
             start = time.perf_counter()
             p = predict(m.model, m.tokenizer, [text], max_length=m.max_length, truncation=m.truncation,
-                        head_tokens=m.head_tokens, batch_size=1)[0]
+                        head_tokens=m.head_tokens, batch_size=64 if windows else 1, windows=bool(windows))[0]
             ms = (time.perf_counter() - start) * 1e3
             labels = m.model.config.id2label
             outs.append(({labels.get(i, str(i)): prob for i, prob in enumerate(p["probs"])}, p, ms))
-            lines.append(f"**{role}** {p['label'].lower()} ({p['score']:.1%}) in **{ms:.1f} ms**")
+            length = reading_length(m.model, m.max_length)
+            n = len(review_windows(m.tokenizer, [text], length)[0]) if windows else 1
+            lines.append(f"**{role}** {p['label'].lower()} ({p['score']:.1%}) in **{ms:.1f} ms**"
+                         + (f" ({n} windows of {length} tokens)" if n > 1 else ""))
         done = [o for o in outs if o]
         if len(done) == 2:
             (_, pt, mt), (_, ps, ms_) = done
@@ -65,13 +73,15 @@ def build_compare_tab(ctx: AppContext):
             lines.append(("✅ They **agree**." if agree else "⚠️ They **disagree**.") + speed)
         if len(text) > MAX_REVIEW_CHARS:
             lines.append(f"Note: the review has {len(text):,} characters; only the first {MAX_REVIEW_CHARS:,} were "
-                         "read (the models see at most max_length tokens of them anyway).")
+                         "read" + ("." if windows else " (the models see at most max_length tokens of them anyway)."))
+        how = "its windows batched" if windows else "batch 1"
         return (outs[0][0] if outs[0] else None, outs[1][0] if outs[1] else None,
-                " · ".join(lines) + "\n\n<small>Latency: one review, batch 1, on this machine, including "
+                " · ".join(lines) + f"\n\n<small>Latency: one review ({how}), on this machine, including "
                                     "tokenization.</small>")
 
-    button.click(compare, [text, teacher, student], [teacher_label, student_label, info], api_name="compare")
-    text.submit(compare, [text, teacher, student], [teacher_label, student_label, info], api_visibility="private")
+    inputs = [text, teacher, student, whole]
+    button.click(compare, inputs, [teacher_label, student_label, info], api_name="compare")
+    text.submit(compare, inputs, [teacher_label, student_label, info], api_visibility="private")
 
     def refresh(current_teacher, current_student):
         teachers = ctx.choices(("teacher",))
