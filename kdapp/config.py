@@ -83,8 +83,8 @@ class RunConfig:
                                          "'imdb:unsupervised', or a text/parquet/CSV/JSON-lines file.", kinds="distill")
     transfer_samples: int | None = _f(None, "Use at most N transfer reviews.", kinds="distill")
     augment_windows: int = _f(0, "Augmentation: up to N extra KD-only rows per long labelled review, each another "
-                                 "max_length window of its text (the teacher's soft targets, never the label).",
-                              kinds="distill")
+                                 "max_length window of its text, labelled by the teacher (with alpha=1, no teacher: "
+                                 "by the review's label).", kinds="distill")
     augment_masked: int = _f(0, "Augmentation: N copies of each labelled review with tokens replaced by [MASK] at "
                                 "random (Tang et al. 2019), KD-only rows labelled by the teacher (with alpha=1, "
                                 "no teacher: by the review's label).", kinds="distill")
@@ -177,9 +177,9 @@ class RunConfig:
             raise ValueError(f"online_mask_prob must be in [0, 1) (0: off), got {self.online_mask_prob}")
         if not 0 < self.augment_mask_prob < 1:
             raise ValueError(f"augment_mask_prob must be in (0, 1), got {self.augment_mask_prob}")
-        if self.alpha == 1.0 and (self.transfer_data or self.hidden_loss != "none" or self.augment_windows):
-            raise ValueError("alpha=1 is the no-KD student (no teacher): transfer_data, augment_windows and "
-                             "hidden_loss need alpha < 1")
+        if self.alpha == 1.0 and (self.transfer_data or self.hidden_loss != "none"):
+            raise ValueError("alpha=1 is the no-KD student (no teacher): transfer_data and hidden_loss need "
+                             "alpha < 1")
         if self.teacher_max_length not in (None, self.max_length):
             if self.alpha == 1.0 or not self.cache_teacher_logits or self.hidden_loss != "none":
                 raise ValueError("teacher_max_length (a longer input for the teacher than for the student) needs "

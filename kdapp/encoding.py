@@ -66,20 +66,23 @@ def review_windows(tokenizer, texts: list[str], max_length: int) -> tuple[list[l
     return windows, np.asarray(owner, dtype=np.int64)
 
 
-def window_views(tokenizer, texts: list[str], max_length: int, per_review: int) -> list[list[int]]:
+def window_views(tokenizer, texts: list[str], max_length: int, per_review: int) -> tuple[list[list[int]], list[int]]:
     """Extra views of long reviews: up to `per_review` further max_length windows of each text (after the first).
 
-    Used as KD-only augmentation rows: the teacher labels each window; windows shorter than a quarter of the
-    budget are skipped (too little text to judge).
-    """
+    Used as augmentation rows: KD-only, labelled by the teacher (with alpha = 1, no teacher: by their review's label);
+    windows shorter than a quarter of the budget are skipped (too little text to judge). Returns (views, owner):
+    owner[k] is the index in `texts` of view k's review."""
     first, last = tokenizer.cls_token_id, tokenizer.sep_token_id
     budget = max_length - 2
-    views = []
-    for ids in tokenizer([clean_text(t) for t in texts], add_special_tokens=False, truncation=False, verbose=False,
-                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]:
-        chunks = [ids[i: i + budget] for i in range(budget, len(ids), budget)]
-        views += [[first] + c + [last] for c in chunks[:per_review] if len(c) >= budget // 4]
-    return views
+    views, owner = [], []
+    for i, ids in enumerate(tokenizer([clean_text(t) for t in texts], add_special_tokens=False, truncation=False,
+                                      verbose=False, return_attention_mask=False,
+                                      return_token_type_ids=False)["input_ids"]):
+        chunks = [ids[s: s + budget] for s in range(budget, len(ids), budget)]
+        kept = [[first] + c + [last] for c in chunks[:per_review] if len(c) >= budget // 4]
+        views += kept
+        owner += [i] * len(kept)
+    return views, owner
 
 
 def masked_views(ids: list[list[int]], mask_id: int, copies: int, prob: float, seed: int = 0,

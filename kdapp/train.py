@@ -113,22 +113,24 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         train_rows = concatenate_datasets([train_rows.cast(extra.features), extra])
         transfer_rows = len(texts)
     train_ds = _tokenize(cfg, train_rows, tokenizer, max_length)
-    views = []  # KD-only augmentation rows made from the labelled reviews themselves (the teacher labels them)
+    views, owner = [], []  # augmentation rows made from the labelled reviews (owner: each one's review)
     if cfg.augment_windows:  # further windows of the long labelled reviews
-        views += window_views(tokenizer, splits["train"]["text"], max_length, cfg.augment_windows)
+        views, owner = window_views(tokenizer, splits["train"]["text"], max_length, cfg.augment_windows)
     if cfg.augment_masked:  # copies of the labelled rows (as truncated for training) with random [MASK] tokens
         if tokenizer.mask_token_id is None:
             raise ValueError("augment_masked needs a tokenizer with a [MASK] token")
         labelled = train_ds["input_ids"][: len(splits["train"])]
         views += masked_views(labelled, tokenizer.mask_token_id, cfg.augment_masked, cfg.augment_mask_prob,
                               seed=cfg.seed, keep=frozenset(tokenizer.all_special_ids))
+        owner += list(range(len(labelled))) * cfg.augment_masked
     augment_rows = len(views)
     if views:
-        # KD-only rows; a no-KD student (alpha = 1, no teacher) gives a masked copy its review's label instead,
-        # the control that separates what the augmentation buys from what the teacher's soft targets buy
+        # KD-only rows; a no-KD student (alpha = 1, no teacher) gives a window or masked copy its review's label
+        # instead, the control that separates what the augmentation buys from what the teacher's soft targets buy
         labels = [IGNORE] * len(views)
         if cfg.alpha == 1.0:
-            labels = list(splits["train"]["label"]) * cfg.augment_masked
+            review_labels = list(splits["train"]["label"])
+            labels = [review_labels[i] for i in owner]
         extra = Dataset.from_dict({"label": labels, "input_ids": views,
                                    "attention_mask": [[1] * len(v) for v in views], "idx": [0] * len(views)})
         train_ds = concatenate_datasets([train_ds, extra.cast(train_ds.features)])

@@ -3,9 +3,11 @@ import json
 
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
 from kdapp import RunConfig, distill_student, train_teacher
 from kdapp.calibration import calibrate_checkpoint
+from kdapp.data import load_splits
 from kdapp.encoding import masked_views, window_views
 from kdapp.sweep import grid, run_sweep
 
@@ -40,9 +42,10 @@ def test_warmup_then_linear_decay(tmp_path, teacher_dir, reviews_parquet):
 
 def test_window_views_are_other_parts_of_the_review(tokenizer):
     text = " ".join(["good"] * 14 + ["bad"] * 14 + ["dull"] * 14)
-    views = window_views(tokenizer, [text, "short review"], max_length=16, per_review=5)
+    views, owner = window_views(tokenizer, ["short review", text], max_length=16, per_review=5)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert [v[1:-1] for v in views] == [ids[14:28], ids[28:42]]  # the windows after the first, none for short text
+    assert owner == [1, 1]
     assert all(v[0] == tokenizer.cls_token_id and v[-1] == tokenizer.sep_token_id for v in views)
 
 
@@ -55,8 +58,6 @@ def test_augment_windows_adds_kd_only_rows(tmp_path, teacher_dir, long_reviews):
     meta = json.loads((tmp_path / "aug" / "run_config.json").read_text())["meta"]
     assert result.status == "done"
     assert meta["augment_rows"] > meta["train_rows"] > 0  # two windows for most reviews
-    with pytest.raises(ValueError, match="alpha=1"):
-        RunConfig(kind="distill", teacher="t", alpha=1.0, augment_windows=1)
 
 
 def test_masked_views_mask_some_tokens_and_never_the_special_ones():
@@ -86,8 +87,8 @@ def test_augment_masked_adds_kd_only_copies(tmp_path, teacher_dir, reviews_parqu
             RunConfig(kind="distill", teacher="t", **bad)
 
 
-def test_no_kd_masked_copies_keep_the_review_label(tmp_path, teacher_dir, reviews_parquet, monkeypatch):
-    """The control run: alpha = 1 trains on the masked copies with their reviews' labels (no teacher)."""
+def _train_rows(monkeypatch) -> dict:
+    """What the trainer is given: {"train": its train_dataset} once distill_student has built it."""
     import kdapp.train as train_module
 
     seen = {}
@@ -98,6 +99,30 @@ def test_no_kd_masked_copies_keep_the_review_label(tmp_path, teacher_dir, review
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "DistillationTrainer", spy)
+    return seen
+
+
+def test_no_kd_windows_carry_their_review_label(tmp_path, teacher_dir, long_reviews, monkeypatch):
+    """The control run: alpha = 1 trains on the further windows with their own review's label (no teacher)."""
+    seen = _train_rows(monkeypatch)
+    _teacher(tmp_path, teacher_dir, long_reviews)
+    cfg = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher", alpha=1.0,
+                    data=str(long_reviews), max_length=16, max_steps=2, augment_windows=2, augment_masked=1,
+                    eval_strategy="no", output_dir=str(tmp_path / "nokd-windows"))
+    assert distill_student(cfg).status == "done"
+    meta = json.loads((tmp_path / "nokd-windows" / "run_config.json").read_text())["meta"]
+    n, rows = meta["train_rows"], seen["train"]
+    views, owner = window_views(AutoTokenizer.from_pretrained(str(tmp_path / "teacher")),
+                                load_splits(str(long_reviews))["train"]["text"], 16, 2)
+    assert meta["augment_rows"] == len(views) + n and len(views) > n and meta["augment_targets"] == "labels"
+    assert rows["input_ids"][n: n + len(views)] == views  # the windows, then the masked copies
+    assert rows["label"][n: n + len(views)] == [rows["label"][i] for i in owner]  # each with its review's label
+    assert rows["label"][n + len(views):] == rows["label"][:n]
+
+
+def test_no_kd_masked_copies_keep_the_review_label(tmp_path, teacher_dir, reviews_parquet, monkeypatch):
+    """The control run: alpha = 1 trains on the masked copies with their reviews' labels (no teacher)."""
+    seen = _train_rows(monkeypatch)
     _teacher(tmp_path, teacher_dir, reviews_parquet)
     cfg = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher", alpha=1.0,
                     data=str(reviews_parquet), max_length=16, max_steps=2, augment_masked=1, eval_strategy="no",
