@@ -214,8 +214,8 @@ def cmd_evaluate(ns) -> int:
         res = evaluate_checkpoint(ns.model, ns.data, ns.max_eval_samples, ns.max_length,
                                   ns.per_device_eval_batch_size, ns.precision, ns.device, progress=progress,
                                   windows=ns.windows)
-    summary = {k: res[k] for k in ("model", "precision", "reading", "n", "accuracy", "f1_weighted", "ece", "params", "size_mb",
-                                   "samples_per_second")}
+    summary = {k: res[k] for k in ("model", "precision", "reading", "n", "accuracy", "f1_weighted", "ece", "params",
+                                   "size_mb", "samples_per_second")}
     print(json.dumps(summary, indent=2))
     _write_json(ns.json, res)
     return 0

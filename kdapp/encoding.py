@@ -15,6 +15,12 @@ def clean_text(text: str) -> str:
     return _BR.sub(" ", text[:MAX_REVIEW_CHARS]).strip()
 
 
+def body_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each review's token ids, whole: cleaned, no special tokens, no truncation."""
+    return tokenizer([clean_text(t) for t in texts], add_special_tokens=False, truncation=False, verbose=False,
+                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
 def encode(tokenizer, texts: list[str], max_length: int, truncation: str = "head",
            head_tokens: int | None = None) -> list[list[int]]:
     """Token ids with special tokens, at most `max_length` long.
@@ -22,23 +28,26 @@ def encode(tokenizer, texts: list[str], max_length: int, truncation: str = "head
     head: the first max_length-2 tokens. head_tail: the first `head_tokens` and the last
     (max_length - 2 - head_tokens), as in Sun et al. 2019 (128 + 382 at 512).
     """
-    texts = [clean_text(t) for t in texts]
     if truncation == "head":
-        return tokenizer(texts, truncation=True, max_length=max_length, return_token_type_ids=False,
-                         return_attention_mask=False)["input_ids"]
-    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    specials = [t for t in (first, last) if t is not None]
-    budget = max_length - len(specials)
+        return tokenizer([clean_text(t) for t in texts], truncation=True, max_length=max_length,
+                         return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+    first, last = _specials(tokenizer)
+    budget = max_length - len(first) - len(last)
     head = budget * 128 // 510 if head_tokens is None else min(head_tokens, budget)
     tail = budget - head
     out = []
-    for ids in tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False,
-                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]:
+    for ids in body_ids(tokenizer, texts):
         if len(ids) > budget:
             ids = ids[:head] + (ids[-tail:] if tail else [])
-        out.append(([first] if first is not None else []) + ids + ([last] if last is not None else []))
+        out.append(first + ids + last)
     return out
+
+
+def _specials(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a sequence starts and ends with ([CLS] / [SEP], else BOS / EOS; [] where the tokenizer has none)."""
+    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    return [first] if first is not None else [], [last] if last is not None else []
 
 
 def review_windows(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
@@ -48,20 +57,16 @@ def review_windows(tokenizer, texts: list[str], max_length: int) -> tuple[list[l
     evenly from its first token to its last, with consecutive windows overlapping by at least half (so every token is
     read with some context on both sides in one of them). Returns (windows, owner): owner[k] is the index in `texts`
     of window k's review."""
-    first, last = tokenizer.cls_token_id, tokenizer.sep_token_id
-    specials = [t for t in (first, last) if t is not None]
-    budget = max_length - len(specials)
+    first, last = _specials(tokenizer)
+    budget = max_length - len(first) - len(last)
     if budget < 2:
         raise ValueError(f"max_length {max_length} leaves no room for review tokens")
     stride = budget // 2
     windows, owner = [], []
-    for i, ids in enumerate(tokenizer([clean_text(t) for t in texts], add_special_tokens=False, truncation=False,
-                                      verbose=False, return_attention_mask=False,
-                                      return_token_type_ids=False)["input_ids"]):
+    for i, ids in enumerate(body_ids(tokenizer, texts)):
         n = 1 if len(ids) <= budget else -(-(len(ids) - budget) // stride) + 1
         for start in np.linspace(0, max(len(ids) - budget, 0), n).round().astype(int):
-            windows.append(([first] if first is not None else []) + ids[start: start + budget]
-                           + ([last] if last is not None else []))
+            windows.append(first + ids[start: start + budget] + last)
             owner.append(i)
     return windows, np.asarray(owner, dtype=np.int64)
 
@@ -75,9 +80,7 @@ def window_views(tokenizer, texts: list[str], max_length: int, per_review: int) 
     first, last = tokenizer.cls_token_id, tokenizer.sep_token_id
     budget = max_length - 2
     views, owner = [], []
-    for i, ids in enumerate(tokenizer([clean_text(t) for t in texts], add_special_tokens=False, truncation=False,
-                                      verbose=False, return_attention_mask=False,
-                                      return_token_type_ids=False)["input_ids"]):
+    for i, ids in enumerate(body_ids(tokenizer, texts)):
         chunks = [ids[s: s + budget] for s in range(budget, len(ids), budget)]
         kept = [[first] + c + [last] for c in chunks[:per_review] if len(c) >= budget // 4]
         views += kept
