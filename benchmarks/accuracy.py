@@ -38,9 +38,10 @@ import numpy as np
 from kdapp.checkpoints import is_complete, load_run_info
 from kdapp.config import FROM_TEACHER, RunConfig
 from kdapp.data import load_splits
+from kdapp.encoding import review_windows
 from kdapp.evaluation import score
 from kdapp.metrics import classification_metrics, paired_difference
-from kdapp.models import load_pair
+from kdapp.models import load_pair, load_tokenizer
 from kdapp.train import distill_student, train_teacher
 
 DATA = "../shared/data/imdb/train.parquet"
@@ -364,7 +365,7 @@ WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-window
                    ("kd-transfer-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-windows"),
                    ("kd-crossfit", "nokd"), ("kd-transfer-masked", "nokd"))
                  for sfx in ("", "-s43", "-s44")))
-WHOLE_RUNS = {"teacher", *(name for pair in WHOLE_PAIRS for name in pair)}  # scored whole too (2.1x the passes)
+WHOLE_RUNS = {"teacher", *(name for pair in WHOLE_PAIRS for name in pair)}  # scored whole too (~2x the passes)
 
 
 def report(names: list[str], table: dict, out: Path) -> None:
@@ -474,9 +475,6 @@ def report(names: list[str], table: dict, out: Path) -> None:
     whole_spread = seed_spread(rows, table, "accuracy_windows")
     if whole_diffs:
         t = next((r["accuracy_windows"] for r in rows if r["run"] == "teacher"), None)
-        from kdapp.encoding import review_windows
-        from kdapp.models import load_tokenizer
-
         n = len(review_windows(load_tokenizer(str(ROOT / "teacher")), val["text"], table["teacher"][1].max_length)[0])
         lines += ["", f"Each review read whole (`evaluate --windows`: 256-token windows, half overlapping, logits "
                       f"averaged; the same models and rows: {n:,} windows for the {len(labels):,} reviews, "
