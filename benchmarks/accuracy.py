@@ -249,7 +249,9 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                ("kd-transfer-masked-windows", "kd-transfer-masked + 2 further windows of each long labelled review",
                 TRANSFER_MASKED),
                ("nokd-windows", "control: no-KD student + the same windows, with their reviews' labels",
-                dict(alpha=1.0)))
+                dict(alpha=1.0)),
+               ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows + 2 further windows of each long "
+                "transfer review", dict(TRANSFER_MASKED, transfer_windows=2)))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         **{f"kd-windows-s{seed}": (f"kd-windows, seed {seed}",
                                    RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, augment_windows=2,
@@ -357,12 +359,16 @@ SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked"
              ("kd-transfer-masked", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained-3ep"),
              ("kd-transfer-masked", "nokd-pretrained-3ep"), ("kd-masked-online-3ep", "nokd-3ep"),
              ("kd-masked-online30-3ep", "nokd-3ep"), ("kd-windows", "nokd"), ("kd-windows", "nokd-windows"),
-             ("kd-transfer-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-windows"))
+             ("kd-transfer-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-windows"),
+             ("kd-transfer-masked-allwindows", "nokd"), ("kd-transfer-masked-allwindows", "nokd-windows"),
+             ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"))
 # read whole (windows): the students that learnt from the teacher's judgement of middle windows, and the main pairs
 WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-windows", "kd-transfer-masked"),
                *((f"{a}{sfx}", f"{b}{sfx}") for a, b in (
                    ("kd-windows", "nokd"), ("kd-windows", "nokd-windows"), ("nokd-windows", "nokd"),
                    ("kd-transfer-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-windows"),
+                   ("kd-transfer-masked-allwindows", "nokd"), ("kd-transfer-masked-allwindows", "nokd-windows"),
+                   ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"),
                    ("kd-crossfit", "nokd"), ("kd-transfer-masked", "nokd"))
                  for sfx in ("", "-s43", "-s44")))
 WHOLE_RUNS = {"teacher", *(name for pair in WHOLE_PAIRS for name in pair)}  # scored whole too (~2x the passes)

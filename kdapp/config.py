@@ -85,6 +85,9 @@ class RunConfig:
     augment_windows: int = _f(0, "Augmentation: up to N extra KD-only rows per long labelled review, each another "
                                  "max_length window of its text, labelled by the teacher (with alpha=1, no teacher: "
                                  "by the review's label).", kinds="distill")
+    transfer_windows: int = _f(0, "Up to N further max_length windows of each long transfer review, KD-only rows "
+                                  "labelled by the teacher (what --augment_windows does for the labelled reviews). "
+                                  "Needs --transfer_data.", kinds="distill")
     augment_masked: int = _f(0, "Augmentation: N copies of each labelled review with tokens replaced by [MASK] at "
                                 "random (Tang et al. 2019), KD-only rows labelled by the teacher (with alpha=1, "
                                 "no teacher: by the review's label).", kinds="distill")
@@ -168,7 +171,7 @@ class RunConfig:
                 raise ValueError(message)
         if self.kind == "distill" and not self.teacher:
             raise ValueError("kind='distill' needs teacher=<folder of a fine-tuned teacher run>")
-        for name in ("augment_windows", "augment_masked"):
+        for name in ("augment_windows", "augment_masked", "transfer_windows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mixup_alpha < 0:
@@ -180,6 +183,8 @@ class RunConfig:
         if self.alpha == 1.0 and (self.transfer_data or self.hidden_loss != "none"):
             raise ValueError("alpha=1 is the no-KD student (no teacher): transfer_data and hidden_loss need "
                              "alpha < 1")
+        if self.transfer_windows and not self.transfer_data:
+            raise ValueError("transfer_windows (windows of the transfer reviews) needs transfer_data")
         if self.teacher_max_length not in (None, self.max_length):
             if self.alpha == 1.0 or not self.cache_teacher_logits or self.hidden_loss != "none":
                 raise ValueError("teacher_max_length (a longer input for the teacher than for the student) needs "

@@ -68,8 +68,8 @@ def format_duration(seconds: float | None) -> str:
 
 # ---------------------------------------------------------------- data size
 @functools.lru_cache(maxsize=32)
-def _file_stats(path: str, mtime: float) -> tuple[int, float]:
-    """(rows, mean tokens per review) of a local file, from a sample of up to 400 texts."""
+def _file_stats(path: str, mtime: float) -> tuple[int, float, tuple[int, ...]]:
+    """(rows, mean tokens per review, each sampled review's tokens) of a local file, from up to 400 texts."""
     import pandas as pd
 
     p = Path(path)
@@ -90,25 +90,37 @@ def _file_stats(path: str, mtime: float) -> tuple[int, float]:
         lines = [x for x in p.read_text(errors="replace").splitlines() if x.strip()]
         rows, texts = len(lines), lines[:400]
     mean_tokens = sum(len(t) for t in texts) / max(1, len(texts)) / CHARS_PER_TOKEN + 2
-    return rows, mean_tokens
+    return rows, mean_tokens, tuple(round(len(t) / CHARS_PER_TOKEN) for t in texts)
 
 
-def data_stats(data: str) -> tuple[int, int, float]:
-    """(rows of the training source, rows of its test split, mean tokens per review) without loading the data."""
+def data_stats(data: str) -> tuple[int, int, float, tuple[int, ...]]:
+    """(rows of the training source, rows of its test split, mean tokens per review, a sample of review lengths in
+    tokens: empty where the source is not a local file) without loading the data."""
     path = Path(data).expanduser()
     if path.is_file():
-        rows, tokens = _file_stats(str(path), path.stat().st_mtime)
-        return rows, 0, tokens
+        rows, tokens, lengths = _file_stats(str(path), path.stat().st_mtime)
+        return rows, 0, tokens, lengths
     if path.is_dir():  # aclImdb layout
         train = sum(1 for s in ("pos", "neg") for _ in (path / "train" / s).glob("*.txt"))
         test = sum(1 for s in ("pos", "neg") for _ in (path / "test" / s).glob("*.txt"))
-        return train, test, IMDB_MEAN_TOKENS
+        return train, test, IMDB_MEAN_TOKENS, ()
     if looks_like_hub_id(data):
         if not hub_reachable():
             raise DataError(f"Data {data!r} is on the Hugging Face hub, which is unreachable from here. {LOCAL_HINT}")
-        return IMDB_TRAIN_ROWS, IMDB_TEST_ROWS, IMDB_MEAN_TOKENS
+        return IMDB_TRAIN_ROWS, IMDB_TEST_ROWS, IMDB_MEAN_TOKENS, ()
     raise DataError(f"Data source {data!r} not found: expected 'imdb', a .parquet/.csv/.jsonl file or an aclImdb "
                     f"folder. {LOCAL_HINT}")
+
+
+def windows_per_review(lengths: tuple[int, ...], max_length: int, per_review: int) -> float:
+    """Mean further windows per review that window augmentation adds (encoding.window_views' rule: up to
+    `per_review` max_length windows after the first, none shorter than a quarter of one), over sampled lengths in
+    tokens; 0 without a sample."""
+    if not per_review or not lengths:
+        return 0.0
+    budget = max_length - 2
+    return sum(sum(1 for start in range(budget, n, budget)[:per_review] if n - start >= budget // 4)
+               for n in lengths) / len(lengths)
 
 
 # ---------------------------------------------------------------- model cost
@@ -219,7 +231,7 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
     DataError when the model or data cannot be reached (the same checks the run itself would fail on, only sooner)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     threads = cfg.num_threads or torch.get_num_threads()
-    rows, test_rows, mean_tokens = data_stats(cfg.data)
+    rows, test_rows, mean_tokens, lengths = data_stats(cfg.data)
     train_rows = int(rows * 0.9)
     eval_rows = rows - train_rows
     if cfg.max_train_samples:
@@ -234,7 +246,11 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
         if cfg.transfer_samples:
             transfer_rows = min(transfer_rows, cfg.transfer_samples)
     masked_rows = train_rows * cfg.augment_masked if cfg.kind == "distill" else 0  # fixed masked copies
-    all_rows = train_rows + transfer_rows + masked_rows
+    window_rows = 0  # further windows of the long labelled (and transfer) reviews, from the sampled lengths
+    if cfg.kind == "distill":
+        window_rows = round(train_rows * windows_per_review(lengths, cfg.max_length, cfg.augment_windows)
+                            + transfer_rows * windows_per_review(lengths, cfg.max_length, cfg.transfer_windows))
+    all_rows = train_rows + transfer_rows + masked_rows + window_rows
     steps_per_epoch = math.ceil(all_rows / cfg.per_device_train_batch_size)
     steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)
     trained_rows = min(all_rows * cfg.num_train_epochs, steps * cfg.per_device_train_batch_size) \

@@ -124,13 +124,17 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
                               seed=cfg.seed, keep=frozenset(tokenizer.all_special_ids))
         owner += list(range(len(labelled))) * cfg.augment_masked
     augment_rows = len(views)
+    # KD-only rows; a no-KD student (alpha = 1, no teacher) gives a window or masked copy its review's label
+    # instead, the control that separates what the augmentation buys from what the teacher's soft targets buy
+    labels = [IGNORE] * len(views)
+    if cfg.alpha == 1.0:
+        review_labels = list(splits["train"]["label"])
+        labels = [review_labels[i] for i in owner]
+    transfer_views = []
+    if cfg.transfer_windows:  # further windows of the long transfer reviews (alpha < 1: the teacher labels them)
+        transfer_views, _ = window_views(tokenizer, texts, max_length, cfg.transfer_windows)
+        views, labels = views + transfer_views, labels + [IGNORE] * len(transfer_views)
     if views:
-        # KD-only rows; a no-KD student (alpha = 1, no teacher) gives a window or masked copy its review's label
-        # instead, the control that separates what the augmentation buys from what the teacher's soft targets buy
-        labels = [IGNORE] * len(views)
-        if cfg.alpha == 1.0:
-            review_labels = list(splits["train"]["label"])
-            labels = [review_labels[i] for i in owner]
         extra = Dataset.from_dict({"label": labels, "input_ids": views,
                                    "attention_mask": [[1] * len(v) for v in views], "idx": [0] * len(views)})
         train_ds = concatenate_datasets([train_ds, extra.cast(train_ds.features)])
@@ -176,8 +180,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         # GPU: the teacher in the run's half precision (fp16 when the student trains in fp32)
         teacher_dtype=(amp or torch.float16) if use_cuda and cfg.teacher_precision == "auto" else None,
         mixup_alpha=cfg.mixup_alpha, online_mask_prob=cfg.online_mask_prob)
-    meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows, "transfer_rows": transfer_rows,
-            "augment_rows": augment_rows, "augment_targets": "labels" if cfg.alpha == 1.0 else "teacher",
+    meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows - len(transfer_views),
+            "transfer_rows": transfer_rows, "transfer_window_rows": len(transfer_views), "augment_rows": augment_rows, "augment_targets": "labels" if cfg.alpha == 1.0 else "teacher",
             "student_layer_map": layer_map, "teacher_logits_cached": cache is not None,
             "teacher_logits_cache_hit": cache_hit, "cross_fit": cross_fit, "max_length_effective": max_length,
             "teacher_max_length_effective": teacher_length if cfg.alpha < 1.0 else None,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from kdapp.config import RunConfig
-from kdapp.estimate import estimate_run, format_duration
+from kdapp.encoding import window_views
+from kdapp.estimate import estimate_run, format_duration, windows_per_review
 from kdapp.jobs import JobBusy, JobRegistry, ProgressCallback, Stage
 from kdapp.train import RunResult, train_teacher
 
@@ -171,6 +172,21 @@ def test_estimate_counts_on_the_fly_views_and_masked_copies(teacher_dir, reviews
     assert copies.steps == 2 * estimate_run(base).steps and copies.seconds > plain  # twice the rows per epoch
     crossfit = estimate_run(dataclasses.replace(base, fold_teachers="f0,f1"))  # the fold teachers' labelling pass
     assert crossfit.steps == estimate_run(base).steps and crossfit.seconds > plain
+
+
+def test_estimate_counts_the_windows_that_window_augmentation_adds(tokenizer, teacher_dir, reviews_parquet):
+    lengths = (10, 14, 15, 17, 30, 100)  # tokens; at max_length 16 a window holds 14, none shorter than 3 is kept
+    texts = [" ".join(["good"] * n) for n in lengths]  # one token per word
+    for per_review in (1, 2, 5):
+        views, _ = window_views(tokenizer, texts, 16, per_review)
+        assert windows_per_review(lengths, 16, per_review) == pytest.approx(len(views) / len(lengths))
+    assert windows_per_review(lengths, 16, 2) == pytest.approx(4 / 6) and windows_per_review((), 16, 2) == 0
+    base = RunConfig(kind="distill", teacher=str(teacher_dir), student="from-teacher", data=str(reviews_parquet),
+                     max_length=16, num_train_epochs=1.0, per_device_train_batch_size=8, eval_strategy="no",
+                     cache_teacher_logits=True, max_train_samples=100, transfer_data="rest", transfer_samples=100)
+    plain, windows = estimate_run(base), estimate_run(dataclasses.replace(base, augment_windows=2))
+    both = estimate_run(dataclasses.replace(base, augment_windows=2, transfer_windows=2))
+    assert plain.steps < windows.steps < both.steps and plain.seconds < windows.seconds < both.seconds
 
 
 @pytest.mark.parametrize("changes, timed_cls_only", [({}, True), ({"cls_only": False}, False),

@@ -120,6 +120,45 @@ def test_no_kd_windows_carry_their_review_label(tmp_path, teacher_dir, long_revi
     assert rows["label"][n + len(views):] == rows["label"][:n]
 
 
+def test_transfer_windows_are_kd_only_rows_of_the_transfer_reviews(tmp_path, teacher_dir, long_reviews,
+                                                                   monkeypatch):
+    """--transfer_windows: further windows of each long transfer review, after the labelled views, label -100 (KD
+    only), with the teacher's soft targets for every one of them in the logit cache."""
+    import kdapp.train as train_module
+    from kdapp.data import load_transfer_texts
+
+    seen = _train_rows(monkeypatch)
+    caches = []
+    real_cache = train_module.teacher_logits
+    monkeypatch.setattr(train_module, "teacher_logits",
+                        lambda *a, **kw: caches.append(real_cache(*a, **kw, cache_dir=None)) or caches[-1])
+    _teacher(tmp_path, teacher_dir, long_reviews)
+    cfg = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher", data=str(long_reviews),
+                    max_train_samples=30, transfer_data="rest", transfer_samples=20, augment_windows=1,
+                    transfer_windows=2, cache_teacher_logits=True, max_length=16, max_steps=2, eval_strategy="no",
+                    output_dir=str(tmp_path / "kd-tw"))
+    assert distill_student(cfg).status == "done"
+    meta = json.loads((tmp_path / "kd-tw" / "run_config.json").read_text())["meta"]
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "teacher"))
+    labelled_views, _ = window_views(tok, load_splits(str(long_reviews), max_train_samples=30)["train"]["text"], 16, 1)
+    transfer_views, _ = window_views(tok, load_transfer_texts("rest", str(long_reviews), 30, 20), 16, 2)
+    assert len(transfer_views) > 20  # two windows for most transfer reviews
+    assert (meta["train_rows"], meta["transfer_rows"], meta["augment_rows"]) == (30, 20, len(labelled_views))
+    assert meta["transfer_window_rows"] == len(transfer_views)
+    rows = seen["train"]
+    assert rows["input_ids"][-len(transfer_views):] == transfer_views
+    assert rows["label"][-len(transfer_views):] == [-100] * len(transfer_views)
+    cache, _ = caches[-1]
+    assert len(cache) == len(rows)
+
+
+def test_transfer_windows_need_a_transfer_set():
+    with pytest.raises(ValueError, match="transfer_data"):
+        RunConfig(kind="distill", teacher="t", transfer_windows=2)
+    with pytest.raises(ValueError):
+        RunConfig(kind="distill", teacher="t", transfer_data="rest", transfer_windows=-1)
+
+
 def test_no_kd_masked_copies_keep_the_review_label(tmp_path, teacher_dir, reviews_parquet, monkeypatch):
     """The control run: alpha = 1 trains on the masked copies with their reviews' labels (no teacher)."""
     seen = _train_rows(monkeypatch)

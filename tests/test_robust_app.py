@@ -168,6 +168,7 @@ def test_bad_teacher_settings(demo, runs, teacher_dir, reviews_parquet, form, me
     (dict(fold_teachers="a,b"), "fold_teachers (cross-fitted soft targets) needs alpha < 1, cache_teacher_logits and "
      "hidden_loss none, with the teacher in fp32 (teacher_precision auto or fp32): the fold teachers label the "
      "labelled rows once, for the cache"),
+    (dict(transfer_windows=2), "transfer_windows (windows of the transfer reviews) needs transfer_data"),
 ])
 def test_bad_distill_settings(demo, runs, reviews_parquet, form, message):
     _, status, _ = start_distill(demo, runs[1]["teacher"], reviews_parquet, **form)
@@ -211,6 +212,18 @@ def test_cpu_fp16_is_refused_and_bf16_reaches_the_runs(demo, runs, tmp_path, rev
     assert kd.run_config["meta"]["mixed_precision_effective"] == nokd.run_config["meta"][
         "mixed_precision_effective"] == "bf16"  # the no-KD student of the same job trains like the KD one
     assert kd.run_config["meta"]["teacher_precision_effective"] == "bf16"
+
+
+def test_transfer_windows_reach_the_kd_run_only(runs, tmp_path, reviews_parquet, in_tmp_cwd):
+    demo = build_app(JobRegistry(), tmp_path / "ckpt")
+    job_id, status, _ = start_distill(demo, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
+                                      max_train_samples=20, transfer_data="rest", transfer_samples=40,
+                                      transfer_windows=2, also_nokd=True)
+    snap = finished(demo, job_id)
+    assert snap.status == "done", snap.status_line
+    (kd,), (nokd,) = demo.kdapp_context.runs(("kd",)), demo.kdapp_context.runs(("nokd",))
+    assert kd.run_config["transfer_windows"] == 2 and kd.run_config["meta"]["transfer_window_rows"] > 0
+    assert nokd.run_config["transfer_windows"] == 0 and nokd.run_config["meta"]["transfer_window_rows"] == 0
 
 
 def test_holdout_fold_and_fold_teachers_reach_the_runs(runs, tmp_path, reviews_parquet, in_tmp_cwd, teacher_dir):

@@ -87,6 +87,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                                      info="'rest': the training reviews not used as labelled rows; "
                                           "'imdb:unsupervised': the hub's 50,000 unlabelled reviews")
             transfer_samples = gr.Number(0, label="Transfer reviews (0 = all)", precision=0)
+            transfer_windows = gr.Number(DEFAULTS.transfer_windows, precision=0, elem_id="distill_transfer_windows",
+                                         label="Transfer windows (KD-only windows per long transfer review)")
         with gr.Row():
             hidden_loss = gr.Radio(["none", "cosine", "mse"], value=DEFAULTS.hidden_loss, label="Hidden-state loss")
             hidden_loss_weight = gr.Number(DEFAULTS.hidden_loss_weight, label="Hidden-state loss weight")
@@ -140,7 +142,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             max_length, warmup, alpha, temperature, also_nokd, wandb, truncation, transfer_data, transfer_samples,
             hidden_loss, hidden_loss_weight, cache_logits, augment, augment_masked, max_steps, logging_steps,
             eval_strategy, seed, threads, run_name, attention_dropout, teacher_max_length, teacher_precision,
-            mixup_alpha, online_mask_prob, fold_teachers, mixed_precision]
+            mixup_alpha, online_mask_prob, fold_teachers, mixed_precision, transfer_windows]
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
@@ -149,7 +151,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                       hidden_loss_weight, cache_teacher_logits, augment_windows, augment_masked, max_steps,
                       logging_steps, eval_strategy, seed, num_threads, run_name, attention_dropout=None,
                       teacher_max_length=None, teacher_precision="auto", mixup_alpha=0.0, online_mask_prob=0.0,
-                      fold_teachers="", mixed_precision="auto", password=""):
+                      fold_teachers="", mixed_precision="auto", transfer_windows=0, password=""):
         """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
         ctx.unlock(password)
         from_teacher = student_source != OTHER_LABEL
@@ -164,7 +166,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             warmup_steps=float(warmup_steps or 0), alpha=float(alpha), temperature=float(temperature),
             report_to="wandb" if use_wandb else "none", truncation=truncation,
             transfer_data=None if transfer_data in (None, "", "none") else transfer_data,
-            transfer_samples=as_int(transfer_samples), hidden_loss=hidden_loss,
+            transfer_samples=as_int(transfer_samples), transfer_windows=as_int(transfer_windows) or 0,
+            hidden_loss=hidden_loss,
             hidden_loss_weight=float(hidden_loss_weight or 0), cache_teacher_logits=bool(cache_teacher_logits),
             augment_windows=as_int(augment_windows) or 0, augment_masked=as_int(augment_masked) or 0,
             max_steps=as_int(max_steps) or -1, logging_steps=as_int(logging_steps, False) or 0,
