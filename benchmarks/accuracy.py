@@ -251,7 +251,11 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                ("nokd-windows", "control: no-KD student + the same windows, with their reviews' labels",
                 dict(alpha=1.0)),
                ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows + 2 further windows of each long "
-                "transfer review", dict(TRANSFER_MASKED, transfer_windows=2)))
+                "transfer review", dict(TRANSFER_MASKED, transfer_windows=2)),
+               ("kd-masked-windows", "kdapp: KD student, labelled reviews + a masked copy of each + the windows",
+                dict(KD, augment_masked=1, augment_mask_prob=0.15)),
+               ("nokd-masked-windows", "control: no-KD student + the same masked copies and windows, with their "
+                "reviews' labels", dict(alpha=1.0, augment_masked=1, augment_mask_prob=0.15)))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         **{f"kd-windows-s{seed}": (f"kd-windows, seed {seed}",
                                    RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, augment_windows=2,
@@ -361,7 +365,9 @@ SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked"
              ("kd-masked-online30-3ep", "nokd-3ep"), ("kd-windows", "nokd"), ("kd-windows", "nokd-windows"),
              ("kd-transfer-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-windows"),
              ("kd-transfer-masked-allwindows", "nokd"), ("kd-transfer-masked-allwindows", "nokd-windows"),
-             ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"))
+             ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"), ("kd-masked-windows", "nokd"),
+             ("kd-masked-windows", "nokd-windows"), ("kd-masked-windows", "nokd-masked-windows"),
+             ("kd-masked-windows", "kd-windows"))
 # read whole (windows): the students that learnt from the teacher's judgement of middle windows, and the main pairs
 WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-windows", "kd-transfer-masked"),
                *((f"{a}{sfx}", f"{b}{sfx}") for a, b in (
@@ -369,6 +375,7 @@ WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-window
                    ("kd-transfer-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-windows"),
                    ("kd-transfer-masked-allwindows", "nokd"), ("kd-transfer-masked-allwindows", "nokd-windows"),
                    ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"),
+                   ("kd-masked-windows", "nokd-windows"), ("kd-masked-windows", "nokd-masked-windows"),
                    ("kd-crossfit", "nokd"), ("kd-transfer-masked", "nokd"))
                  for sfx in ("", "-s43", "-s44")))
 WHOLE_RUNS = {"teacher", *(name for pair in WHOLE_PAIRS for name in pair)}  # scored whole too (~2x the passes)
@@ -426,6 +433,11 @@ def report(names: list[str], table: dict, out: Path) -> None:
              *((f"{a}{sfx}", f"{b}{sfx}") for sfx in ("-s43", "-s44")
                for a, b in (("kd-windows", "nokd"), ("kd-windows", "nokd-windows"),
                             ("kd-transfer-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-windows"))),
+             *((f"{a}{sfx}", f"{b}{sfx}") for sfx in ("", "-s43", "-s44")
+               for a, b in (("kd-transfer-masked-allwindows", "nokd"),
+                            ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"),
+                            ("kd-masked-windows", "nokd"), ("kd-masked-windows", "nokd-masked-windows"),
+                            ("nokd-masked-windows", "nokd"))),
              ("kd-transfer-masked-s43", "kd-transfer-masked"), ("nokd-s43", "nokd"), ("nokd-s44", "nokd"),
              ("kd-transfer-masked-s43", "nokd-s43"), ("kd-transfer-masked-s44", "kd-transfer-masked"),
              ("kd-transfer-masked-s44", "nokd-s44"), ("nokd-fastdrop", "nokd"),

@@ -22,7 +22,8 @@ DEFAULTS = RunConfig(kind="distill", teacher="-")
 
 PRESET_FIELDS = ("num_train_epochs", "learning_rate", "warmup_steps", "truncation", "augment_windows", "augment_masked",
                  "cache_teacher_logits", "alpha", "temperature", "max_length", "per_device_train_batch_size",
-                 "transfer_data", "transfer_samples", "max_train_samples", "data", "attention_dropout")
+                 "transfer_data", "transfer_samples", "max_train_samples", "data", "attention_dropout",
+                 "transfer_windows")
 
 
 def recipe_preset(scale: str) -> dict:
@@ -38,10 +39,10 @@ def recipe_preset(scale: str) -> dict:
     if scale == "cpu":
         return common | dict(max_length=256, per_device_train_batch_size=16, transfer_data="rest",
                              transfer_samples=2000, max_train_samples=2000, data=gr.skip(), augment_masked=1,
-                             augment_windows=2, attention_dropout=None)
+                             augment_windows=2, transfer_windows=0, attention_dropout=None)
     return common | dict(max_length=512, per_device_train_batch_size=32, transfer_data="imdb:unsupervised",
                          transfer_samples=0, max_train_samples=0, data="imdb", augment_masked=0, augment_windows=0,
-                         attention_dropout=None)
+                         transfer_windows=0, attention_dropout=None)
 
 
 def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
@@ -212,7 +213,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
     start.click(start_distill, form + [password], panel.start_outputs, api_name="start_distill")
     preset_outputs = dict(zip(PRESET_FIELDS, [epochs, lr, warmup, truncation, augment, augment_masked, cache_logits,
                                               alpha, temperature, max_length, batch, transfer_data, transfer_samples,
-                                              max_train, data, attention_dropout], strict=True))
+                                              max_train, data, attention_dropout, transfer_windows], strict=True))
     for scale, button in (("cpu", recipe_cpu), ("gpu", recipe_gpu)):
         button.click(lambda scale=scale: tuple(recipe_preset(scale)[k] for k in PRESET_FIELDS), None,
                      list(preset_outputs.values()), api_name=f"recipe_{scale}")
