@@ -181,7 +181,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         teacher_dtype=(amp or torch.float16) if use_cuda and cfg.teacher_precision == "auto" else None,
         mixup_alpha=cfg.mixup_alpha, online_mask_prob=cfg.online_mask_prob)
     meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows - len(transfer_views),
-            "transfer_rows": transfer_rows, "transfer_window_rows": len(transfer_views), "augment_rows": augment_rows, "augment_targets": "labels" if cfg.alpha == 1.0 else "teacher",
+            "transfer_rows": transfer_rows, "transfer_window_rows": len(transfer_views), "augment_rows": augment_rows,
+            "augment_targets": "labels" if cfg.alpha == 1.0 else "teacher",
             "student_layer_map": layer_map, "teacher_logits_cached": cache is not None,
             "teacher_logits_cache_hit": cache_hit, "cross_fit": cross_fit, "max_length_effective": max_length,
             "teacher_max_length_effective": teacher_length if cfg.alpha < 1.0 else None,
