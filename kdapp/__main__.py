@@ -189,12 +189,23 @@ def cmd_train(ns) -> int:
 
     cfg = _config_from_args(ns.command, ns)
     result = (train_teacher if cfg.kind == "teacher" else distill_student)(cfg)
+    _close_process_group()
     print(result.message)
     if result.status == "done" and "validation" in result.metrics:
         v = result.metrics["validation"]
         print(f"validation: accuracy {v['accuracy']:.4f}  f1_weighted {v['f1_weighted']:.4f}  ece {v['ece']:.4f}  "
               f"(n={v['n']}); train {result.metrics['train_runtime_s']:.0f} s -> {result.output_dir}")
     return 0 if result.status == "done" else 1
+
+
+def _close_process_group() -> None:
+    """Under torchrun: end the process group the run's Trainer opened, once no rank needs it. Left to interpreter
+    exit, gloo's worker threads can abort a rank ('terminate called without an active exception', SIGABRT) after a
+    run that finished well."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _write_json(path: str | None, data: dict) -> None:
