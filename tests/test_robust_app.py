@@ -176,14 +176,19 @@ def test_bad_distill_settings(demo, runs, reviews_parquet, form, message):
     answers_next_good_request(demo, runs)
 
 
-def test_teacher_length_precision_and_views_reach_the_run(runs, tmp_path, reviews_parquet, in_tmp_cwd):
-    demo = build_app(JobRegistry(), tmp_path / "ckpt")
-    job_id, status, _ = start_distill(demo, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
-                                      teacher_max_length=32, teacher_precision="int8", mixup_alpha=0.4,
-                                      online_mask_prob=0.2, also_nokd=True)
+def kd_and_nokd_runs(demo, teacher, data, **form):
+    """One app job that trains a KD student and its no-KD student: their runs (kd, nokd)."""
+    job_id, status, _ = start_distill(demo, teacher, data, also_nokd=True, **form)
     snap = finished(demo, job_id)
     assert snap.status == "done", snap.status_line
-    kd, nokd = sorted(demo.kdapp_context.runs(), key=lambda r: r.run_config["alpha"])
+    (kd,), (nokd,) = demo.kdapp_context.runs(("kd",)), demo.kdapp_context.runs(("nokd",))
+    return kd, nokd
+
+
+def test_teacher_length_precision_and_views_reach_the_run(runs, tmp_path, reviews_parquet, in_tmp_cwd):
+    demo = build_app(JobRegistry(), tmp_path / "ckpt")
+    kd, nokd = kd_and_nokd_runs(demo, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
+                                teacher_max_length=32, teacher_precision="int8", mixup_alpha=0.4, online_mask_prob=0.2)
     assert (kd.run_config["teacher_max_length"], kd.run_config["meta"]["teacher_precision_effective"]) == (32, "int8")
     assert (kd.run_config["mixup_alpha"], kd.run_config["meta"]["mixup_targets"]) == (0.4, "teacher")
     assert (kd.run_config["online_mask_prob"], kd.run_config["meta"]["online_mask_targets"]) == (0.2, "teacher")
@@ -216,12 +221,8 @@ def test_cpu_fp16_is_refused_and_bf16_reaches_the_runs(demo, runs, tmp_path, rev
 
 def test_transfer_windows_reach_the_kd_run_only(runs, tmp_path, reviews_parquet, in_tmp_cwd):
     demo = build_app(JobRegistry(), tmp_path / "ckpt")
-    job_id, status, _ = start_distill(demo, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
-                                      max_train_samples=20, transfer_data="rest", transfer_samples=40,
-                                      transfer_windows=2, also_nokd=True)
-    snap = finished(demo, job_id)
-    assert snap.status == "done", snap.status_line
-    (kd,), (nokd,) = demo.kdapp_context.runs(("kd",)), demo.kdapp_context.runs(("nokd",))
+    kd, nokd = kd_and_nokd_runs(demo, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
+                                max_train_samples=20, transfer_data="rest", transfer_samples=40, transfer_windows=2)
     assert kd.run_config["transfer_windows"] == 2 and kd.run_config["meta"]["transfer_window_rows"] > 0
     assert nokd.run_config["transfer_windows"] == 0 and nokd.run_config["meta"]["transfer_window_rows"] == 0
 
@@ -238,11 +239,8 @@ def test_holdout_fold_and_fold_teachers_reach_the_runs(runs, tmp_path, reviews_p
         meta = run.run_config["meta"]
         assert run.run_config["holdout_fold"] == f"{k}/2" and 0 < meta["held_out_rows"] <= meta["train_rows"] + 1
         folds.append(str(run.path))
-    job_id, status, _ = start_distill(demo, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
-                                      fold_teachers=" , ".join(folds), also_nokd=True)
-    snap = finished(demo, job_id)
-    assert snap.status == "done", snap.status_line
-    (kd,), (nokd,) = demo.kdapp_context.runs(("kd",)), demo.kdapp_context.runs(("nokd",))
+    kd, nokd = kd_and_nokd_runs(demo, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
+                                fold_teachers=" , ".join(folds))
     assert kd.run_config["fold_teachers"] == ",".join(folds)
     assert (kd.run_config["meta"]["cross_fit"]["folds"], kd.run_config["meta"]["cross_fit"]["fold_teachers"]) == \
         (2, folds)
