@@ -383,7 +383,8 @@ WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-window
                    ("kd-transfer-masked-allwindows", "nokd"), ("kd-transfer-masked-allwindows", "nokd-windows"),
                    ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"),
                    ("kd-masked-windows", "nokd-windows"), ("kd-masked-windows", "nokd-masked-windows"),
-                   ("kd-transfer-masked-windows", "nokd-masked-windows"), ("kd-crossfit", "nokd"), ("kd-transfer-masked", "nokd"))
+                   ("kd-transfer-masked-windows", "nokd-masked-windows"), ("kd-crossfit", "nokd"),
+                   ("kd-transfer-masked", "nokd"))
                  for sfx in ("", "-s43", "-s44")))
 WHOLE_RUNS = {"teacher", *(name for pair in WHOLE_PAIRS for name in pair)}  # scored whole too (~2x the passes)
 
