@@ -25,6 +25,7 @@ from .train import mixed_precision_dtype
 
 IMDB_TRAIN_ROWS, IMDB_TEST_ROWS = 25_000, 25_000
 IMDB_MEAN_TOKENS = 300      # mean WordPiece tokens of an IMDb review (without truncation)
+IMDB_UNSUPERVISED_ROWS = 50_000
 CHARS_PER_TOKEN = 4.4       # for a quick length estimate of local files without tokenizing
 OVERHEAD = 1.25             # data collation, logging, checkpoint writes, Python between steps
 FIXED_S = 15.0              # loading the models and data, tokenizing
@@ -68,14 +69,14 @@ def format_duration(seconds: float | None) -> str:
 
 # ---------------------------------------------------------------- data size
 @functools.lru_cache(maxsize=32)
-def _file_stats(path: str, mtime: float) -> tuple[int, float, tuple[int, ...]]:
+def _file_stats(path: str, mtime: float, require_labels: bool = True) -> tuple[int, float, tuple[int, ...]]:
     """(rows, mean tokens per review, each sampled review's tokens) of a local file, from up to 400 texts."""
     import pandas as pd
 
     p = Path(path)
     fmt = FILE_FORMATS.get(p.suffix.lower())
     if fmt:  # the run's own checks (UTF-8, columns, 0/1 labels, rows), so a bad file is refused before the start
-        read_source(path)
+        read_source(path, require_labels)
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -110,6 +111,32 @@ def data_stats(data: str) -> tuple[int, int, float, tuple[int, ...]]:
         return IMDB_TRAIN_ROWS, IMDB_TEST_ROWS, IMDB_MEAN_TOKENS, ()
     raise DataError(f"Data source {data!r} not found: expected 'imdb', a .parquet/.csv/.jsonl file or an aclImdb "
                     f"folder. {LOCAL_HINT}")
+
+
+def transfer_stats(cfg: RunConfig, rows: int, train_rows: int, lengths: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    """(transfer reviews the run distils on, a sample of their lengths in tokens: empty where unknown) for
+    cfg.transfer_data; rows, train_rows and lengths are the training source's."""
+    spec = cfg.transfer_data if cfg.kind == "distill" else None
+    if not spec:
+        return 0, ()
+    if spec == "rest":
+        count, sample = max(0, int(rows * 0.9) - train_rows), lengths
+    elif spec == "imdb:unsupervised":
+        if not hub_reachable():
+            raise DataError("transfer_data 'imdb:unsupervised' is on the Hugging Face hub, which is unreachable from "
+                            "here: use 'rest' (the unused training reviews) or a local file of reviews.")
+        count, sample = IMDB_UNSUPERVISED_ROWS, ()
+    else:  # a file of reviews, or the unsupervised split of an aclImdb folder (--data's or its own)
+        path = Path(cfg.data if spec == "unsupervised" else spec).expanduser()
+        if path.is_file():
+            count, _, sample = _file_stats(str(path), path.stat().st_mtime, False)
+        elif path.is_dir():
+            unsup = sum(1 for _ in (path / "train" / "unsup").glob("*.txt"))
+            count, sample = unsup or sum(1 for s in ("pos", "neg") for _ in (path / "train" / s).glob("*.txt")), ()
+        else:
+            raise DataError(f"transfer_data {spec!r} not found: expected 'rest', 'imdb:unsupervised', or a file or "
+                            f"folder of reviews. {LOCAL_HINT}")
+    return (min(count, cfg.transfer_samples) if cfg.transfer_samples else count), sample
 
 
 def windows_per_review(lengths: tuple[int, ...], max_length: int, per_review: int) -> float:
@@ -240,16 +267,13 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
         eval_rows, test_rows = min(eval_rows, cfg.max_eval_samples), min(test_rows, cfg.max_eval_samples)
     tokens = int(min(cfg.max_length, mean_tokens * 1.05))  # truncation caps long reviews; padding adds a little
 
-    transfer_rows = 0
-    if cfg.kind == "distill" and cfg.transfer_data == "rest":
-        transfer_rows = max(0, int(rows * 0.9) - train_rows)
-        if cfg.transfer_samples:
-            transfer_rows = min(transfer_rows, cfg.transfer_samples)
+    transfer_rows, transfer_lengths = transfer_stats(cfg, rows, train_rows, lengths)
     masked_rows = train_rows * cfg.augment_masked if cfg.kind == "distill" else 0  # fixed masked copies
     window_rows = 0  # further windows of the long labelled (and transfer) reviews, from the sampled lengths
     if cfg.kind == "distill":
         window_rows = round(train_rows * windows_per_review(lengths, cfg.max_length, cfg.augment_windows)
-                            + transfer_rows * windows_per_review(lengths, cfg.max_length, cfg.transfer_windows))
+                            + transfer_rows * windows_per_review(transfer_lengths, cfg.max_length,
+                                                                 cfg.transfer_windows))
     all_rows = train_rows + transfer_rows + masked_rows + window_rows
     steps_per_epoch = math.ceil(all_rows / cfg.per_device_train_batch_size)
     steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)

@@ -189,6 +189,25 @@ def test_estimate_counts_the_windows_that_window_augmentation_adds(tokenizer, te
     assert plain.steps < windows.steps < both.steps and plain.seconds < windows.seconds < both.seconds
 
 
+def test_estimate_counts_a_transfer_file(teacher_dir, reviews_parquet, tmp_path):
+    from kdapp.data import DataError
+
+    reviews = tmp_path / "unlabelled.txt"
+    reviews.write_text("\n".join(f"a review of some film, number {i}" for i in range(40)) + "\n\n")
+    base = RunConfig(kind="distill", teacher=str(teacher_dir), student="from-teacher", data=str(reviews_parquet),
+                     max_length=16, num_train_epochs=1.0, per_device_train_batch_size=8, eval_strategy="no",
+                     cache_teacher_logits=True, max_train_samples=80)
+    plain = estimate_run(base)
+    assert plain.steps == 10
+    assert estimate_run(dataclasses.replace(base, transfer_data=str(reviews))).steps == 15  # 80 + 40 rows
+    assert estimate_run(dataclasses.replace(base, transfer_data=str(reviews), transfer_samples=8)).steps == 11
+    assert estimate_run(dataclasses.replace(base, transfer_data="rest", transfer_samples=24)).steps == 13
+    with pytest.raises(DataError, match="not found"):
+        estimate_run(dataclasses.replace(base, transfer_data=str(tmp_path / "missing.txt")))
+    with pytest.raises(DataError, match="unreachable"):  # the tests run offline
+        estimate_run(dataclasses.replace(base, transfer_data="imdb:unsupervised"))
+
+
 @pytest.mark.parametrize("changes, timed_cls_only", [({}, True), ({"cls_only": False}, False),
                                                      ({"hidden_loss": "cosine"}, False)])
 def test_estimate_times_the_last_layer_as_the_run_will(teacher_dir, reviews_parquet, monkeypatch, changes,
