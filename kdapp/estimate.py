@@ -128,6 +128,8 @@ def transfer_stats(cfg: RunConfig, rows: int, train_rows: int, lengths: tuple[in
         count, sample = IMDB_UNSUPERVISED_ROWS, ()
     else:  # a file of reviews, or the unsupervised split of an aclImdb folder (--data's or its own)
         path = Path(cfg.data if spec == "unsupervised" else spec).expanduser()
+        if spec == "unsupervised" and not path.is_dir():
+            raise DataError(f"{cfg.data!r} has no unsupervised split; use transfer_data='rest' or a file.")
         if path.is_file():
             count, _, sample = _file_stats(str(path), path.stat().st_mtime, False)
         elif path.is_dir():

@@ -204,6 +204,8 @@ def test_estimate_counts_a_transfer_file(teacher_dir, reviews_parquet, tmp_path)
     assert estimate_run(dataclasses.replace(base, transfer_data="rest", transfer_samples=24)).steps == 13
     with pytest.raises(DataError, match="not found"):
         estimate_run(dataclasses.replace(base, transfer_data=str(tmp_path / "missing.txt")))
+    with pytest.raises(DataError, match="no unsupervised split"):  # a file of labelled reviews has none
+        estimate_run(dataclasses.replace(base, transfer_data="unsupervised"))
     with pytest.raises(DataError, match="unreachable"):  # the tests run offline
         estimate_run(dataclasses.replace(base, transfer_data="imdb:unsupervised"))
 
