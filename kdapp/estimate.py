@@ -117,6 +117,8 @@ def transfer_stats(cfg: RunConfig, rows: int, train_rows: int, lengths: tuple[in
     """(transfer reviews the run distils on, a sample of their lengths in tokens: empty where unknown) for
     cfg.transfer_data; rows, train_rows and lengths are the training source's."""
     spec = cfg.transfer_data if cfg.kind == "distill" else None
+    if spec == "unsupervised" and not Path(cfg.data).expanduser().exists():  # --data is a hub dataset
+        spec = "imdb:unsupervised" if cfg.data == "imdb" else None  # another one's split: size unknown here
     if not spec:
         return 0, ()
     if spec == "rest":

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from kdapp.config import RunConfig
+from kdapp.data import DataError
 from kdapp.encoding import window_views
-from kdapp.estimate import estimate_run, format_duration, windows_per_review
+from kdapp.estimate import estimate_run, format_duration, transfer_stats, windows_per_review
 from kdapp.jobs import JobBusy, JobRegistry, ProgressCallback, Stage
 from kdapp.train import RunResult, train_teacher
 
@@ -190,8 +191,6 @@ def test_estimate_counts_the_windows_that_window_augmentation_adds(tokenizer, te
 
 
 def test_estimate_counts_a_transfer_file(teacher_dir, reviews_parquet, tmp_path):
-    from kdapp.data import DataError
-
     reviews = tmp_path / "unlabelled.txt"
     reviews.write_text("\n".join(f"a review of some film, number {i}" for i in range(40)) + "\n\n")
     base = RunConfig(kind="distill", teacher=str(teacher_dir), student="from-teacher", data=str(reviews_parquet),
@@ -208,6 +207,9 @@ def test_estimate_counts_a_transfer_file(teacher_dir, reviews_parquet, tmp_path)
         estimate_run(dataclasses.replace(base, transfer_data="unsupervised"))
     with pytest.raises(DataError, match="unreachable"):  # the tests run offline
         estimate_run(dataclasses.replace(base, transfer_data="imdb:unsupervised"))
+    hub_unsup = dataclasses.replace(base, data="imdb", transfer_data="unsupervised")  # the hub's IMDb has the split
+    with pytest.raises(DataError, match="unreachable"):
+        transfer_stats(hub_unsup, 25_000, 80, ())
 
 
 @pytest.mark.parametrize("changes, timed_cls_only", [({}, True), ({"cls_only": False}, False),
