@@ -117,8 +117,12 @@ def transfer_stats(cfg: RunConfig, rows: int, train_rows: int, lengths: tuple[in
     """(transfer reviews the run distils on, a sample of their lengths in tokens: empty where unknown) for
     cfg.transfer_data; rows, train_rows and lengths are the training source's."""
     spec = cfg.transfer_data if cfg.kind == "distill" else None
-    if spec == "unsupervised" and not Path(cfg.data).expanduser().exists():  # --data is a hub dataset
-        spec = "imdb:unsupervised" if cfg.data == "imdb" else None  # another one's split: size unknown here
+    if spec == "unsupervised":  # --data's own unlabelled split: the hub IMDb's or an aclImdb folder's
+        data = Path(cfg.data).expanduser()
+        if data.is_file():
+            raise DataError(f"{cfg.data!r} has no unsupervised split; use transfer_data='rest' or a file.")
+        # another hub dataset's split: its size is unknown here
+        spec = "imdb:unsupervised" if cfg.data == "imdb" else str(data) if data.is_dir() else None
     if not spec:
         return 0, ()
     if spec == "rest":
@@ -128,15 +132,12 @@ def transfer_stats(cfg: RunConfig, rows: int, train_rows: int, lengths: tuple[in
             raise DataError("transfer_data 'imdb:unsupervised' is on the Hugging Face hub, which is unreachable from "
                             "here: use 'rest' (the unused training reviews) or a local file of reviews.")
         count, sample = IMDB_UNSUPERVISED_ROWS, ()
-    else:  # a file of reviews, or the unsupervised split of an aclImdb folder (--data's or its own)
-        path = Path(cfg.data if spec == "unsupervised" else spec).expanduser()
-        if spec == "unsupervised" and not path.is_dir():
-            raise DataError(f"{cfg.data!r} has no unsupervised split; use transfer_data='rest' or a file.")
+    else:  # a file of reviews, or an aclImdb folder (its unsupervised split, else its training reviews)
+        path = Path(spec).expanduser()
         if path.is_file():
             count, _, sample = _file_stats(str(path), path.stat().st_mtime, False)
         elif path.is_dir():
-            unsup = sum(1 for _ in (path / "train" / "unsup").glob("*.txt"))
-            count, sample = unsup or sum(1 for s in ("pos", "neg") for _ in (path / "train" / s).glob("*.txt")), ()
+            count, sample = sum(1 for _ in (path / "train" / "unsup").glob("*.txt")) or data_stats(str(path))[0], ()
         else:
             raise DataError(f"transfer_data {spec!r} not found: expected 'rest', 'imdb:unsupervised', or a file or "
                             f"folder of reviews. {LOCAL_HINT}")
