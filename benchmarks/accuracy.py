@@ -68,12 +68,13 @@ PRETRAINED_STUDENT = dict(student="from:minilm", student_layers=3)  # the pretra
 KD = dict(alpha=0.5, temperature=2.0, cache_teacher_logits=True)  # kdapp's KD students: teacher logits cached
 TRANSFER_MASKED = dict(KD, transfer_data="rest", transfer_samples=2000, augment_masked=1, augment_mask_prob=0.15)
 KDAPP_STUDENT_3EP = dict(KDAPP_STUDENT, num_train_epochs=3.0)
+TEACHER_AUG = dict(augment_masked=1, augment_mask_prob=0.15, augment_windows=2)
 FOLDS = 4  # cross-fitting: teachers holding out one quarter of the labelled reviews each (kdapp/cross_fit.py)
 
 
 def runs() -> dict[str, tuple[str, RunConfig]]:
     """name -> (what it is, config). Order matters: teachers first."""
-    t_seed, t_kdapp = str(ROOT / "seed-teacher"), str(ROOT / "teacher")
+    t_seed, t_kdapp, t_aug = str(ROOT / "seed-teacher"), str(ROOT / "teacher"), str(ROOT / "teacher-aug")
     seed_student = dict(teacher=t_seed, student="from:minilm", student_layers=3)  # pretrained layers 0, 2, 4
     fold_teachers = ",".join(str(ROOT / f"teacher-fold{k}") for k in range(FOLDS))
     cross_fit = dict(KD, fold_teachers=fold_teachers)
@@ -89,6 +90,9 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "seed-nokd": ("seed recipe: no-KD student (alpha 1)",
                       RunConfig(kind="distill", **seed_student, alpha=1.0, **COMMON, **SEED)),
         "teacher": ("kdapp: teacher", RunConfig(kind="teacher", model="minilm", **COMMON, **KDAPP)),
+        # a stronger teacher? The students' augmentations, with the reviews' labels, for the teacher's own training
+        "teacher-aug": ("kdapp: teacher + a masked copy of each labelled review + 2 further windows of each long one",
+                        RunConfig(kind="teacher", model="minilm", **COMMON, **KDAPP, **TEACHER_AUG)),
         "nokd": ("kdapp: no-KD student (alpha 1)",
                  RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, **COMMON, **KDAPP_STUDENT)),
         "kd": ("kdapp: KD student, labelled reviews only",
@@ -264,6 +268,19 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                ("nokd-masked-windows", "control: no-KD student + the same masked copies and windows, with their "
                 "reviews' labels", dict(alpha=1.0, augment_masked=1, augment_mask_prob=0.15)))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        # the students of teacher-aug: the best recipes and their controls, each student made from its layers
+        **{f"{name}-taug{sfx}": (f"{what}; teacher-aug as the teacher" + (f", seed {seed}" if sfx else ""),
+                                 RunConfig(kind="distill", teacher=t_aug, **STUDENT, **options, seed=seed, **COMMON,
+                                           **KDAPP_STUDENT))
+           for name, what, options in (
+               ("nokd", "control: no-KD student", dict(alpha=1.0)),
+               ("nokd-masked-windows", "control: no-KD student + a masked copy of each labelled review + 2 further "
+                "windows of each long one, with their reviews' labels", dict(alpha=1.0, **TEACHER_AUG)),
+               ("kd-masked-windows", "kdapp: KD student, labelled reviews + a masked copy of each + the windows",
+                dict(KD, **TEACHER_AUG)),
+               ("kd-transfer-masked-windows", "kd-transfer-masked + 2 further windows of each long labelled review",
+                dict(TRANSFER_MASKED, augment_windows=2)))
+           for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         **{f"kd-windows-s{seed}": (f"kd-windows, seed {seed}",
                                    RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, augment_windows=2,
                                              seed=seed, **COMMON, **KDAPP_STUDENT))
@@ -365,6 +382,13 @@ def int8_teacher_fidelity(temperature: float = 2.0) -> dict | None:
             "temperature": temperature}
 
 
+# teacher-aug's students against their controls, and against the same recipes under the kdapp teacher
+TAUG_PAIRS = (("kd-transfer-masked-windows-taug", "nokd-taug"),
+              ("kd-transfer-masked-windows-taug", "nokd-masked-windows-taug"), ("kd-masked-windows-taug", "nokd-taug"),
+              ("kd-masked-windows-taug", "nokd-masked-windows-taug"), ("nokd-taug", "nokd"),
+              ("nokd-masked-windows-taug", "nokd-masked-windows"), ("kd-masked-windows-taug", "kd-masked-windows"),
+              ("kd-transfer-masked-windows-taug", "kd-transfer-masked-windows"),
+              ("kd-transfer-masked-windows-taug", "nokd"))
 SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"), ("kd-crossfit", "nokd"),
              ("kd-pretrained", "nokd-pretrained"), ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
              ("kd-transfer-masked", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained-3ep"),
@@ -374,7 +398,7 @@ SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked"
              ("kd-transfer-masked-allwindows", "nokd"), ("kd-transfer-masked-allwindows", "nokd-windows"),
              ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"), ("kd-masked-windows", "nokd"),
              ("kd-masked-windows", "nokd-windows"), ("kd-masked-windows", "nokd-masked-windows"),
-             ("kd-masked-windows", "kd-windows"), ("kd-transfer-masked-windows", "nokd-masked-windows"))
+             ("kd-masked-windows", "kd-windows"), ("kd-transfer-masked-windows", "nokd-masked-windows"), *TAUG_PAIRS)
 # read whole (windows): the students that learnt from the teacher's judgement of middle windows, and the main pairs
 WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-windows", "kd-transfer-masked"),
                *((f"{a}{sfx}", f"{b}{sfx}") for a, b in (
@@ -384,8 +408,8 @@ WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-window
                    ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"),
                    ("kd-masked-windows", "nokd-windows"), ("kd-masked-windows", "nokd-masked-windows"),
                    ("kd-transfer-masked-windows", "nokd-masked-windows"), ("kd-crossfit", "nokd"),
-                   ("kd-transfer-masked", "nokd"))
-                 for sfx in ("", "-s43", "-s44")))
+                   ("kd-transfer-masked", "nokd"), *TAUG_PAIRS)
+                 for sfx in ("", "-s43", "-s44")), ("teacher-aug", "teacher"))
 WHOLE_RUNS = {"teacher", *(name for pair in WHOLE_PAIRS for name in pair)}  # scored whole too (~2x the passes)
 
 
@@ -400,10 +424,9 @@ def report(names: list[str], table: dict, out: Path) -> None:
             continue
         info = load_run_info(folder)
         m = info.metrics.get("validation", {})
-        if m.get("n") != len(labels) or cfg.kind == "distill":  # students: per-row results for the paired test
-            logits = validation_logits(folder, val["text"], labels, cfg)
-            m = classification_metrics(logits, labels)
-            correct[name] = logits.argmax(-1) == labels
+        logits = validation_logits(folder, val["text"], labels, cfg)  # per-row results for the paired tests
+        m = classification_metrics(logits, labels)
+        correct[name] = logits.argmax(-1) == labels
         if name in WHOLE_RUNS:
             whole[name] = validation_logits(folder, val["text"], labels, cfg, windows=True).argmax(-1) == labels
         rows.append({"run": name, "what": what, "accuracy": m["accuracy"], "f1_weighted": m["f1_weighted"],
@@ -446,6 +469,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
                             ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"),
                             ("kd-masked-windows", "nokd"), ("kd-masked-windows", "nokd-masked-windows"),
                             ("nokd-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-masked-windows"))),
+             ("teacher-aug", "teacher"),
+             *((f"{a}{sfx}", f"{b}{sfx}") for sfx in ("", "-s43", "-s44") for a, b in TAUG_PAIRS),
              ("kd-transfer-masked-s43", "kd-transfer-masked"), ("nokd-s43", "nokd"), ("nokd-s44", "nokd"),
              ("kd-transfer-masked-s43", "nokd-s43"), ("kd-transfer-masked-s44", "kd-transfer-masked"),
              ("kd-transfer-masked-s44", "nokd-s44"), ("nokd-fastdrop", "nokd"),
@@ -475,14 +500,16 @@ def report(names: list[str], table: dict, out: Path) -> None:
              *((f"{recipe}{sfx}", f"nokd-pretrained{sfx}") for recipe in ("kd-crossfit", "kd-transfer-masked")
                for sfx in ("", "-s43", "-s44"))]
     diffs = {f"{a} - {b}": paired_difference(correct[a], correct[b]) for a, b in pairs if a in correct and b in correct}
-    teacher_acc = {r["run"]: r["accuracy"] for r in rows if r["run"] in ("teacher", "seed-teacher")}
+    run_acc = {r["run"]: r["accuracy"] for r in rows}
 
     lines = [f"Validation: {len(labels)} rows (seed split of {DATA}); 2,000 labelled training reviews; "
              "max_length 256.", "",
              "| run | what | accuracy | weighted F1 | ECE | % of teacher | whole review | train time | params |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        t = teacher_acc.get("seed-teacher" if r["run"].startswith("seed") else "teacher")
+        cfg = table[r["run"]][1] if r["run"] in table else None  # a student's share of its own teacher
+        t = (run_acc.get(Path(cfg.teacher).name) if cfg is not None and cfg.kind == "distill"
+             else run_acc.get("seed-teacher" if r["run"].startswith("seed") else "teacher"))  # a teacher's: kdapp's
         share = f"{100 * r['accuracy'] / t:.1f} %" if t else "-"
         w = "-" if r.get("accuracy_windows") is None else f"{100 * r['accuracy_windows']:.2f} %"
         lines.append(f"| {r['run']} | {r['what']} | {100 * r['accuracy']:.2f} % | {100 * r['f1_weighted']:.2f} | "

@@ -82,16 +82,18 @@ class RunConfig:
     transfer_data: str | None = _f(None, "Unlabelled reviews for KD only: 'rest' (unused training rows), "
                                          "'imdb:unsupervised', or a text/parquet/CSV/JSON-lines file.", kinds="distill")
     transfer_samples: int | None = _f(None, "Use at most N transfer reviews.", kinds="distill")
-    augment_windows: int = _f(0, "Augmentation: up to N extra KD-only rows per long labelled review, each another "
-                                 "max_length window of its text, labelled by the teacher (with alpha=1, no teacher: "
-                                 "by the review's label).", kinds="distill")
+    augment_windows: int = _f(0, "Augmentation: up to N extra rows per long labelled review, each another "
+                                 "max_length window of its text; a student's are KD-only rows labelled by the "
+                                 "teacher (with alpha=1, no teacher: by the review's label), a teacher's carry the "
+                                 "review's label.")
     transfer_windows: int = _f(0, "Up to N further max_length windows of each long transfer review, KD-only rows "
                                   "labelled by the teacher (what --augment_windows does for the labelled reviews). "
                                   "Needs --transfer_data.", kinds="distill")
     augment_masked: int = _f(0, "Augmentation: N copies of each labelled review with tokens replaced by [MASK] at "
-                                "random (Tang et al. 2019), KD-only rows labelled by the teacher (with alpha=1, "
-                                "no teacher: by the review's label).", kinds="distill")
-    augment_mask_prob: float = _f(0.15, "Share of a masked copy's tokens replaced by [MASK].", kinds="distill")
+                                "random (Tang et al. 2019); a student's are KD-only rows labelled by the teacher "
+                                "(with alpha=1, no teacher: by the review's label), a teacher's carry the review's "
+                                "label.")
+    augment_mask_prob: float = _f(0.15, "Share of a masked copy's tokens replaced by [MASK].")
     mixup_alpha: float = _f(0.0, "Mixup (MixKD, Liang et al. 2021): every step also trains on the batch's reviews "
                                  "mixed in pairs at the word embeddings, lam ~ Beta(a, a); the teacher labels each "
                                  "mix on the fly (KD term only; with alpha=1, no teacher: the mixed labels' CE). "

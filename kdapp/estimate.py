@@ -273,12 +273,10 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
     tokens = int(min(cfg.max_length, mean_tokens * 1.05))  # truncation caps long reviews; padding adds a little
 
     transfer_rows, transfer_lengths = transfer_stats(cfg, rows, train_rows, lengths)
-    masked_rows = train_rows * cfg.augment_masked if cfg.kind == "distill" else 0  # fixed masked copies
-    window_rows = 0  # further windows of the long labelled (and transfer) reviews, from the sampled lengths
-    if cfg.kind == "distill":
-        window_rows = round(train_rows * windows_per_review(lengths, cfg.max_length, cfg.augment_windows)
-                            + transfer_rows * windows_per_review(transfer_lengths, cfg.max_length,
-                                                                 cfg.transfer_windows))
+    masked_rows = train_rows * cfg.augment_masked  # fixed masked copies (a teacher's and a student's)
+    # further windows of the long labelled (and transfer) reviews, from the sampled lengths
+    window_rows = round(train_rows * windows_per_review(lengths, cfg.max_length, cfg.augment_windows)
+                        + transfer_rows * windows_per_review(transfer_lengths, cfg.max_length, cfg.transfer_windows))
     all_rows = train_rows + transfer_rows + masked_rows + window_rows
     steps_per_epoch = math.ceil(all_rows / cfg.per_device_train_batch_size)
     steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)

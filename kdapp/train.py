@@ -70,6 +70,10 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     last_layer = _last_layer(cfg, model)
     max_length = _check_max_length(cfg, model)
     train_ds, eval_ds = (_tokenize(cfg, splits[s], tokenizer, max_length) for s in ("train", "validation"))
+    # windows and masked copies of the labelled reviews, each with its review's label (as for a no-KD student)
+    views, owner = _augment_views(cfg, tokenizer, splits["train"]["text"], train_ds["input_ids"], max_length)
+    review_labels = list(splits["train"]["label"])
+    train_ds = _append_views(train_ds, views, [review_labels[i] for i in owner])
     args = _training_args(cfg, out, remove_unused_columns=True, amp=amp)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
@@ -77,7 +81,8 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     # the classifier's loss is a batch mean that ignores num_items_in_batch; left True, transformers 5.24 multiplies
     # it by the number of processes under torchrun (2x loss and gradients) and skips the gradient-accumulation division
     trainer.model_accepts_loss_kwargs = False
-    meta = {"train_rows": len(train_ds), "held_out_rows": held_out, "max_length_effective": max_length,
+    meta = {"train_rows": len(train_ds) - len(views), "augment_rows": len(views), "held_out_rows": held_out,
+            "max_length_effective": max_length,
             "dropout_path": dropout_path, "last_layer": last_layer, "mixed_precision_effective": _amp_name(amp)}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
 
@@ -113,16 +118,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         train_rows = concatenate_datasets([train_rows.cast(extra.features), extra])
         transfer_rows = len(texts)
     train_ds = _tokenize(cfg, train_rows, tokenizer, max_length)
-    views, owner = [], []  # augmentation rows made from the labelled reviews (owner: each one's review)
-    if cfg.augment_windows:  # further windows of the long labelled reviews
-        views, owner = window_views(tokenizer, splits["train"]["text"], max_length, cfg.augment_windows)
-    if cfg.augment_masked:  # copies of the labelled rows (as truncated for training) with random [MASK] tokens
-        if tokenizer.mask_token_id is None:
-            raise ValueError("augment_masked needs a tokenizer with a [MASK] token")
-        labelled = train_ds["input_ids"][: len(splits["train"])]
-        views += masked_views(labelled, tokenizer.mask_token_id, cfg.augment_masked, cfg.augment_mask_prob,
-                              seed=cfg.seed, keep=frozenset(tokenizer.all_special_ids))
-        owner += list(range(len(labelled))) * cfg.augment_masked
+    views, owner = _augment_views(cfg, tokenizer, splits["train"]["text"],
+                                  train_ds["input_ids"][: len(splits["train"])], max_length)
     augment_rows = len(views)
     # KD-only rows; a no-KD student (alpha = 1, no teacher) gives a window or masked copy its review's label
     # instead, the control that separates what the augmentation buys from what the teacher's soft targets buy
@@ -134,11 +131,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
     if cfg.transfer_windows:  # further windows of the long transfer reviews (alpha < 1: the teacher labels them)
         transfer_views, _ = window_views(tokenizer, texts, max_length, cfg.transfer_windows)
         views, labels = views + transfer_views, labels + [IGNORE] * len(transfer_views)
-    if views:
-        extra = Dataset.from_dict({"label": labels, "input_ids": views,
-                                   "attention_mask": [[1] * len(v) for v in views], "idx": [0] * len(views)})
-        train_ds = concatenate_datasets([train_ds, extra.cast(train_ds.features)])
-        train_ds = train_ds.remove_columns("idx").add_column("idx", list(range(len(train_ds))))
+    train_ds = _append_views(train_ds, views, labels)
     eval_ds = _tokenize(cfg, splits["validation"], tokenizer, max_length)
 
     use_cuda = torch.cuda.is_available()
@@ -290,6 +283,32 @@ def _teacher_precision(cfg: RunConfig, use_cuda: bool, amp: torch.dtype | None) 
     if cfg.teacher_precision == "auto":
         return "half" if use_cuda else _amp_name(amp)
     return cfg.teacher_precision
+
+
+def _augment_views(cfg: RunConfig, tokenizer, texts, labelled_ids, max_length: int) -> tuple[list, list[int]]:
+    """Augmentation rows made from the labelled reviews (their texts; their input ids as truncated for training):
+    up to cfg.augment_windows further windows of each long review, then cfg.augment_masked copies of each with random
+    [MASK] tokens. Returns the rows' input ids and each one's review (its index in texts)."""
+    views, owner = [], []
+    if cfg.augment_windows:
+        views, owner = window_views(tokenizer, texts, max_length, cfg.augment_windows)
+    if cfg.augment_masked:
+        if tokenizer.mask_token_id is None:
+            raise ValueError("augment_masked needs a tokenizer with a [MASK] token")
+        views += masked_views(labelled_ids, tokenizer.mask_token_id, cfg.augment_masked, cfg.augment_mask_prob,
+                              seed=cfg.seed, keep=frozenset(tokenizer.all_special_ids))
+        owner += list(range(len(labelled_ids))) * cfg.augment_masked
+    return views, owner
+
+
+def _append_views(train_ds, views: list, labels: list[int]):
+    """train_ds with the rows `views` (input ids) and their labels appended; 'idx' renumbered (the logit cache's)."""
+    if not views:
+        return train_ds
+    extra = Dataset.from_dict({"label": labels, "input_ids": views,
+                               "attention_mask": [[1] * len(v) for v in views], "idx": [0] * len(views)})
+    train_ds = concatenate_datasets([train_ds, extra.cast(train_ds.features)])
+    return train_ds.remove_columns("idx").add_column("idx", list(range(len(train_ds))))
 
 
 def _tokenize(cfg: RunConfig, ds, tokenizer, max_length: int):

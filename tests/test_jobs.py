@@ -188,6 +188,11 @@ def test_estimate_counts_the_windows_that_window_augmentation_adds(tokenizer, te
     plain, windows = estimate_run(base), estimate_run(dataclasses.replace(base, augment_windows=2))
     both = estimate_run(dataclasses.replace(base, augment_windows=2, transfer_windows=2))
     assert plain.steps < windows.steps < both.steps and plain.seconds < windows.seconds < both.seconds
+    teacher = RunConfig(kind="teacher", model=str(teacher_dir), data=str(reviews_parquet), max_length=16,
+                        num_train_epochs=1.0, per_device_train_batch_size=8, eval_strategy="no", max_train_samples=96)
+    plain, windows = estimate_run(teacher), estimate_run(dataclasses.replace(teacher, augment_windows=2))
+    both = estimate_run(dataclasses.replace(teacher, augment_windows=2, augment_masked=1))
+    assert plain.steps == 12 < windows.steps and both.steps == windows.steps + 12  # a teacher's windows and copies
 
 
 def test_estimate_counts_a_transfer_file(teacher_dir, reviews_parquet, tmp_path):

@@ -87,18 +87,19 @@ def test_augment_masked_adds_kd_only_copies(tmp_path, teacher_dir, reviews_parqu
             RunConfig(kind="distill", teacher="t", **bad)
 
 
-def _train_rows(monkeypatch) -> dict:
-    """What the trainer is given: {"train": its train_dataset} once distill_student has built it."""
+def _train_rows(monkeypatch, trainer: str = "DistillationTrainer") -> dict:
+    """What the trainer is given: {"train": its train_dataset} once the run has built it (trainer: the class the run
+    uses, DistillationTrainer for a student, Trainer for a teacher)."""
     import kdapp.train as train_module
 
     seen = {}
-    real = train_module.DistillationTrainer
+    real = getattr(train_module, trainer)
 
     def spy(*args, **kwargs):
         seen["train"] = kwargs["train_dataset"]
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "DistillationTrainer", spy)
+    monkeypatch.setattr(train_module, trainer, spy)
     return seen
 
 
@@ -118,6 +119,25 @@ def test_no_kd_windows_carry_their_review_label(tmp_path, teacher_dir, long_revi
     assert rows["input_ids"][n: n + len(views)] == views  # the windows, then the masked copies
     assert rows["label"][n: n + len(views)] == [rows["label"][i] for i in owner]  # each with its review's label
     assert rows["label"][n + len(views):] == rows["label"][:n]
+
+
+def test_teacher_trains_on_windows_and_masked_copies_with_their_review_label(tmp_path, teacher_dir, long_reviews,
+                                                                            monkeypatch):
+    """A teacher's augmentation rows: the same windows and masked copies a student gets, each with its review's
+    label (a teacher has no one else to label them)."""
+    seen = _train_rows(monkeypatch, "Trainer")
+    result = _teacher(tmp_path, teacher_dir, long_reviews, augment_windows=2, augment_masked=1)
+    assert result.status == "done"
+    meta = json.loads((tmp_path / "teacher" / "run_config.json").read_text())["meta"]
+    n, rows = meta["train_rows"], seen["train"]
+    views, owner = window_views(AutoTokenizer.from_pretrained(str(teacher_dir)),
+                                load_splits(str(long_reviews))["train"]["text"], 16, 2)
+    assert len(views) > n and meta["augment_rows"] == len(views) + n == len(rows) - n
+    assert rows["input_ids"][n: n + len(views)] == views
+    assert rows["label"][n: n + len(views)] == [rows["label"][i] for i in owner]
+    masked = rows["input_ids"][n + len(views):]
+    assert rows["label"][n + len(views):] == rows["label"][:n]
+    assert [len(v) for v in masked] == [len(v) for v in rows["input_ids"][:n]] and masked != rows["input_ids"][:n]
 
 
 def test_transfer_windows_are_kd_only_rows_of_the_transfer_reviews(tmp_path, teacher_dir, long_reviews,

@@ -146,6 +146,7 @@ def test_a_good_upload_is_trained_on(runs, tmp_path, teacher_dir):
     (dict(max_length=128), "max_length 128 is beyond the model's limit of 64 positions"),
     (dict(attention_dropout=1), "attention_dropout must be in [0, 1), got 1.0"),
     (dict(holdout_fold="2/2"), "holdout_fold must be 'k/K' with K >= 2 and 0 <= k < K (e.g. 0/4), got '2/2'"),
+    (dict(augment_masked=-1), "augment_masked must be >= 0, got -1"),
 ])
 def test_bad_teacher_settings(demo, runs, teacher_dir, reviews_parquet, form, message):
     job_id, status, _ = handler(demo, "start_teacher")(**teacher_form(teacher_dir, reviews_parquet, **form))
@@ -225,6 +226,18 @@ def test_transfer_windows_reach_the_kd_run_only(runs, tmp_path, reviews_parquet,
                                 max_train_samples=20, transfer_data="rest", transfer_samples=40, transfer_windows=2)
     assert kd.run_config["transfer_windows"] == 2 and kd.run_config["meta"]["transfer_window_rows"] > 0
     assert nokd.run_config["transfer_windows"] == 0 and nokd.run_config["meta"]["transfer_window_rows"] == 0
+
+
+def test_teacher_augmentation_reaches_the_run(runs, tmp_path, reviews_parquet, in_tmp_cwd, teacher_dir):
+    demo = build_app(JobRegistry(), tmp_path / "ckpt")
+    job_id, status, _ = handler(demo, "start_teacher")(**teacher_form(teacher_dir, reviews_parquet, run_name="aug",
+                                                                      augment_windows=2, augment_masked=1))
+    snap = finished(demo, job_id)
+    assert snap.status == "done", snap.status_line
+    (run,) = [r for r in demo.kdapp_context.runs(("teacher",)) if r.name == "aug"]
+    meta = run.run_config["meta"]
+    assert (run.run_config["augment_windows"], run.run_config["augment_masked"]) == (2, 1)
+    assert meta["augment_rows"] >= meta["train_rows"] > 0  # a masked copy of each review, and any windows
 
 
 def test_holdout_fold_and_fold_teachers_reach_the_runs(runs, tmp_path, reviews_parquet, in_tmp_cwd, teacher_dir):

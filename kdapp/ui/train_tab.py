@@ -109,6 +109,11 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
                                            "the Distill tab's fold teachers (README: Accuracy)",
                                       elem_id="train_holdout_fold")
             mixed_precision = mixed_precision_radio("train")
+        with gr.Row():
+            augment = gr.Number(DEFAULTS.augment_windows, precision=0, elem_id="train_augment",
+                                label="Window augmentation (further windows per long review, with its label)")
+            augment_masked = gr.Number(DEFAULTS.augment_masked, precision=0, elem_id="train_augment_masked",
+                                       label="Masked copies (of each review, 15 % of tokens [MASK], with its label)")
     password = password_box(ctx, "train")
     with gr.Row():
         quick = gr.Button("Quick CPU run (preset)", elem_id="train_quick")
@@ -124,12 +129,13 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
 
     form = [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, wandb, truncation, eval_strategy,
             run_name, max_steps, logging_steps, weight_decay, seed, threads, attention_dropout, holdout_fold,
-            mixed_precision]
+            mixed_precision, augment, augment_masked]
 
     def config_from_form(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                          batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
                          max_steps, logging_steps, weight_decay, seed, num_threads,
-                         attention_dropout=None, holdout_fold=None, mixed_precision="auto") -> RunConfig:
+                         attention_dropout=None, holdout_fold=None, mixed_precision="auto", augment_windows=0,
+                         augment_masked=0) -> RunConfig:
         return build_config("teacher", ctx.root, model=ctx.model_name(model), data=data,
                             max_train_samples=as_int(max_train_samples), max_eval_samples=as_int(max_eval_samples),
                             num_train_epochs=float(num_train_epochs or 0), learning_rate=float(learning_rate or 0),
@@ -141,20 +147,22 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
                             weight_decay=float(weight_decay or 0), seed=as_int(seed, False) or 0,
                             num_threads=as_int(num_threads), attention_dropout=as_float(attention_dropout),
                             holdout_fold=(holdout_fold or "").strip() or None,
-                            mixed_precision=mixed_precision or "auto")
+                            mixed_precision=mixed_precision or "auto",
+                            augment_windows=as_int(augment_windows) or 0, augment_masked=as_int(augment_masked) or 0)
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_teacher(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                       batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
                       max_steps, logging_steps, weight_decay, seed, num_threads, attention_dropout=None,
-                      holdout_fold=None, mixed_precision="auto", upload=None, password=""):
+                      holdout_fold=None, mixed_precision="auto", augment_windows=0, augment_masked=0, upload=None,
+                      password=""):
         """Start fine-tuning a teacher in the background; returns (job id, status, timer)."""
         ctx.unlock(password)
         data = safety.check_upload(upload) or ctx.data_name(data, data_choices())
         cfg = config_from_form(model, data, max_train_samples, max_eval_samples, num_train_epochs, learning_rate,
                                batch_size, max_length, warmup_steps, use_wandb, truncation, eval_strategy, run_name,
                                max_steps, logging_steps, weight_decay, seed, num_threads, attention_dropout,
-                               holdout_fold, mixed_precision)
+                               holdout_fold, mixed_precision, augment_windows, augment_masked)
         return start_job(ctx, "teacher", f"teacher {cfg.run_name}", [Stage("teacher", train_teacher, cfg)])
 
     @guarded(lambda msg: (*[gr.skip()] * 9, f"Preset filled; no estimate: {msg}"), ctx)
