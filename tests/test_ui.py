@@ -134,6 +134,33 @@ def test_quick_preset_is_small():
     assert p["num_train_epochs"] == 1 and p["learning_rate"] == 1e-4 and p["warmup_steps"] == 0.1
 
 
+def test_teacher_gpu_preset_fills_each_of_its_outputs(demo):
+    """The preset resets the augmentation too: each value lands in its own control (no augmentation at 512 tokens)."""
+    event = next(f for f in demo.fns.values() if f.api_name == "gpu_preset")
+    values = event.fn()
+    assert len(values) == len(event.outputs)
+    filled = {block.elem_id: v for block, v in zip(event.outputs, values) if block.elem_id}
+    assert filled["train_model"] == "bert-base-uncased" and filled["train_max_length"] == 512
+    assert filled["train_augment"] == 0 and filled["train_augment_masked"] == 0
+
+
+def test_teacher_quick_preset_fills_each_of_its_outputs(demo, monkeypatch):
+    import kdapp.ui.train_tab as train_tab
+
+    class Estimate:  # the preset's run-time estimate needs the real data and model; its text is all the form shows
+        def describe(self):
+            return "Estimated: a few minutes."
+
+    monkeypatch.setattr(train_tab, "estimate_run", lambda cfg: Estimate())
+    event = next(f for f in demo.fns.values() if f.api_name == "quick_preset")
+    values = event.fn()
+    assert len(values) == len(event.outputs)
+    filled = {block.elem_id: v for block, v in zip(event.outputs, values) if block.elem_id}
+    assert filled["train_model"] == "minilm" and filled["train_max_length"] == 128
+    assert filled["train_augment"] == 0 and filled["train_augment_masked"] == 0
+    assert values[-1].startswith("Quick CPU run preset filled") and values[-1].endswith("a few minutes.")
+
+
 def test_benchmark_handler(demo, runs):
     table, chart = handler(demo, "benchmark")([str(runs[1]["kd"])], [1, 2], 16, "cpu", ["fp32"], "random tokens", 4, 1)
     assert "Latency, batch 1" in table and "Throughput, batch 2" in table

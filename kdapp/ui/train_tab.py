@@ -39,14 +39,14 @@ def quick_preset() -> dict:
     """all-MiniLM-L6-v2 on ~300 reviews at 128 tokens: a few minutes on 2 CPU cores."""
     return dict(model="minilm", data=local_imdb() or "imdb", max_train_samples=300, max_eval_samples=200,
                 num_train_epochs=1.0, learning_rate=1e-4, per_device_train_batch_size=16, max_length=128,
-                warmup_steps=0.1)
+                warmup_steps=0.1, augment_windows=0, augment_masked=0)
 
 
 def gpu_preset() -> dict:
     """The full-scale teacher of README's GPU recipe: bert-base-uncased on all of IMDb from the hub."""
     return dict(model="bert-base-uncased", data="imdb", max_train_samples=0, max_eval_samples=0, num_train_epochs=3.0,
                 learning_rate=2e-5, per_device_train_batch_size=32, max_length=512, warmup_steps=0.1,
-                truncation="head_tail", weight_decay=0.01)
+                truncation="head_tail", weight_decay=0.01, augment_windows=0, augment_masked=0)
 
 
 def data_choices() -> list[str]:
@@ -165,14 +165,14 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
                                holdout_fold, mixed_precision, augment_windows, augment_masked)
         return start_job(ctx, "teacher", f"teacher {cfg.run_name}", [Stage("teacher", train_teacher, cfg)])
 
-    @guarded(lambda msg: (*[gr.skip()] * 9, f"Preset filled; no estimate: {msg}"), ctx)
+    @guarded(lambda msg: (*[gr.skip()] * 11, f"Preset filled; no estimate: {msg}"), ctx)
     def fill_quick():
         p = quick_preset()
         cfg = build_config("teacher", ctx.root, **p, num_threads=default_threads())
         estimate = estimate_run(cfg)
         return (p["model"], p["data"], p["max_train_samples"], p["max_eval_samples"], p["num_train_epochs"],
                 p["learning_rate"], p["per_device_train_batch_size"], p["max_length"], p["warmup_steps"],
-                f"Quick CPU run preset filled: press Start. {estimate.describe()}")
+                p["augment_windows"], p["augment_masked"], f"Quick CPU run preset filled: press Start. {estimate.describe()}")
 
     @guarded(lambda msg: (gr.skip(), f"Not resumed: {msg}", gr.skip()), ctx)
     def resume_interrupted(run: str, password: str = ""):
@@ -194,10 +194,11 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
     resume.click(resume_interrupted, [resume_run, password], panel.start_outputs, api_name="resume_run")
     runs_version.change(lambda: gr.update(choices=incomplete_choices(ctx)), None, resume_run,
                         api_visibility="private", show_progress="hidden")
-    quick.click(fill_quick, None, [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup,
-                                   panel.status], api_name="quick_preset")
+    quick.click(fill_quick, None, [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, augment,
+                                   augment_masked, panel.status], api_name="quick_preset")
     full_gpu.click(lambda: tuple(gpu_preset().values()), None,
-                   [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, truncation, weight_decay],
+                   [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, truncation, weight_decay,
+                    augment, augment_masked],
                    api_name="gpu_preset")
     attach = Refresher(lambda: (*attach_latest(ctx, "teacher"), gr.update(choices=incomplete_choices(ctx))), [],
                        [panel.job_id, panel.timer, resume_run])
