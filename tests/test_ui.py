@@ -134,12 +134,17 @@ def test_quick_preset_is_small():
     assert p["num_train_epochs"] == 1 and p["learning_rate"] == 1e-4 and p["warmup_steps"] == 0.1
 
 
-def test_teacher_gpu_preset_fills_each_of_its_outputs(demo):
-    """The preset resets the augmentation too: each value lands in its own control (no augmentation at 512 tokens)."""
-    event = next(f for f in demo.fns.values() if f.api_name == "gpu_preset")
+def preset_outputs(demo, api_name) -> tuple[tuple, dict]:
+    """A preset button's values, and {elem_id: value} of the controls they fill (one value per output)."""
+    event = next(f for f in demo.fns.values() if f.api_name == api_name)
     values = event.fn()
     assert len(values) == len(event.outputs)
-    filled = {block.elem_id: v for block, v in zip(event.outputs, values) if block.elem_id}
+    return values, {block.elem_id: v for block, v in zip(event.outputs, values) if block.elem_id}
+
+
+def test_teacher_gpu_preset_fills_each_of_its_outputs(demo):
+    """The preset resets the augmentation too: each value lands in its own control (no augmentation at 512 tokens)."""
+    values, filled = preset_outputs(demo, "gpu_preset")
     assert filled["train_model"] == "bert-base-uncased" and filled["train_max_length"] == 512
     assert filled["train_augment"] == 0 and filled["train_augment_masked"] == 0
 
@@ -152,10 +157,7 @@ def test_teacher_quick_preset_fills_each_of_its_outputs(demo, monkeypatch):
             return "Estimated: a few minutes."
 
     monkeypatch.setattr(train_tab, "estimate_run", lambda cfg: Estimate())
-    event = next(f for f in demo.fns.values() if f.api_name == "quick_preset")
-    values = event.fn()
-    assert len(values) == len(event.outputs)
-    filled = {block.elem_id: v for block, v in zip(event.outputs, values) if block.elem_id}
+    values, filled = preset_outputs(demo, "quick_preset")
     assert filled["train_model"] == "minilm" and filled["train_max_length"] == 128
     assert filled["train_augment"] == 0 and filled["train_augment_masked"] == 0
     assert values[-1].startswith("Quick CPU run preset filled") and values[-1].endswith("a few minutes.")
