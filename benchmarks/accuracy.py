@@ -45,11 +45,12 @@ import numpy as np
 from kdapp.checkpoints import is_complete, load_run_info
 from kdapp.config import FROM_TEACHER, RunConfig
 from kdapp.data import load_splits
-from kdapp.encoding import review_windows
+from kdapp.encoding import review_windows, tokenize_dataset
+from kdapp.inference import logits_from_ids
 from kdapp.evaluation import score
-from kdapp.metrics import classification_metrics, paired_difference
+from kdapp.metrics import classification_metrics, paired_difference, softmax
 from kdapp.models import load_pair, load_tokenizer
-from kdapp.train import distill_student, train_teacher
+from kdapp.train import augment_views, distill_student, train_teacher
 
 DATA = "../shared/data/imdb/train.parquet"
 ROOT = Path("checkpoints/cpu-scale")
@@ -357,12 +358,40 @@ def teacher_fit(table: dict) -> dict | None:
     return out
 
 
+def view_fit(table: dict) -> dict | None:
+    """How right and how sure each teacher is on the windows and masked copies of the 2,000 labelled reviews (the
+    views TEACHER_AUG adds; teacher-aug trained on them with their reviews' labels, the kdapp teacher never trained on them):
+    how much a teacher's soft targets there can say beyond the labels (top probability at T = 1 and at KD's T = 2)."""
+    if not all(is_complete(ROOT / name) for name in ("teacher", "teacher-aug")):
+        return None
+    cfg = table["teacher-aug"][1]
+    train = load_splits(DATA, None, cfg.max_train_samples)["train"]
+    out = {}
+    for name in ("teacher", "teacher-aug"):
+        model, tokenizer = load_pair(str(ROOT / name))
+        ids = tokenize_dataset(train, tokenizer, cfg.max_length, cfg.truncation,
+                               cfg.resolved_head_tokens(cfg.max_length))["input_ids"]
+        views, owner = augment_views(cfg, tokenizer, train["text"], ids, cfg.max_length)
+        path = ROOT / name / "train_views_logits.npy"  # scored once (about a minute per teacher on 2 cores)
+        logits = np.load(path) if path.is_file() else None
+        if logits is None or len(logits) != len(views):
+            logits = logits_from_ids(model.eval(), views, tokenizer.pad_token_id or 0)
+            np.save(path, logits, allow_pickle=False)
+        labels = np.asarray(train["label"])[owner]
+        n_windows = len(views) - cfg.augment_masked * len(ids)  # the windows come first, then the masked copies
+        out[name] = {part: {"rows": len(logits[rows]),
+                            "accuracy": float((logits[rows].argmax(-1) == labels[rows]).mean()),
+                            "mean_max_prob": float(softmax(logits[rows], 1.0).max(-1).mean()),
+                            "mean_max_prob_t2": float(softmax(logits[rows], 2.0).max(-1).mean())}
+                     for part, rows in (("windows", slice(0, n_windows)), ("masked", slice(n_windows, None)))}
+    return out
+
+
 def int8_teacher_fidelity(temperature: float = 2.0) -> dict | None:
     """The int8 teacher's soft targets against the fp32 teacher's, on the training rows both logit caches hold."""
     from safetensors.torch import load_file
 
     from kdapp.cache import CACHE_DIR, teacher_fingerprint
-    from kdapp.metrics import softmax
     from kdapp.models import load_model
 
     if not is_complete(ROOT / "teacher"):
@@ -551,6 +580,13 @@ def report(names: list[str], table: dict, out: Path) -> None:
         lines += ["", f"{', '.join(names)}: the {folds} fold teachers' soft targets pick the label on "
                       f"{100 * fold_acc:.2f} % of the {n:,} labelled reviews (each on the fold it held out); the "
                       f"teacher's own on {100 * teacher_acc:.2f} %."]
+    views = view_fit(table)
+    for name, parts in (views or {}).items():
+        lines += ["", f"{name} on the windows and masked copies of the 2,000 labelled reviews (teacher-aug trained on "
+                  "them, the kdapp teacher did not): " +
+                  "; ".join(f"{v['rows']:,} {part}: {100 * v['accuracy']:.2f} % right, mean top softmax probability "
+                            f"{v['mean_max_prob']:.3f} ({v['mean_max_prob_t2']:.3f} at T = 2)"
+                            for part, v in (("windows", parts["windows"]), ("masked copies", parts["masked"]))) + "."]
     fidelity = int8_teacher_fidelity()
     if fidelity:
         lines += ["", f"Soft targets of the int8 teacher (kd-transfer-masked-tint8) vs the fp32 teacher on the "
@@ -563,7 +599,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + "\n")
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "paired": diffs, "int8_teacher": fidelity,
-                                                    "teacher_fit": fit, "seed_spread": spread,
+                                                    "teacher_fit": fit, "view_fit": views, "seed_spread": spread,
                                                     "paired_whole_review": whole_diffs,
                                                     "seed_spread_whole_review": whole_spread,
                                                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))

@@ -71,7 +71,7 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     max_length = _check_max_length(cfg, model)
     train_ds, eval_ds = (_tokenize(cfg, splits[s], tokenizer, max_length) for s in ("train", "validation"))
     # windows and masked copies of the labelled reviews, each with its review's label (as for a no-KD student)
-    views, owner = _augment_views(cfg, tokenizer, splits["train"]["text"], train_ds["input_ids"], max_length)
+    views, owner = augment_views(cfg, tokenizer, splits["train"]["text"], train_ds["input_ids"], max_length)
     review_labels = list(splits["train"]["label"])
     train_ds = _append_views(train_ds, views, [review_labels[i] for i in owner])
     args = _training_args(cfg, out, remove_unused_columns=True, amp=amp)
@@ -118,7 +118,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         train_rows = concatenate_datasets([train_rows.cast(extra.features), extra])
         transfer_rows = len(texts)
     train_ds = _tokenize(cfg, train_rows, tokenizer, max_length)
-    views, owner = _augment_views(cfg, tokenizer, splits["train"]["text"],
+    views, owner = augment_views(cfg, tokenizer, splits["train"]["text"],
                                   train_ds["input_ids"][: len(splits["train"])], max_length)
     augment_rows = len(views)
     # KD-only rows; a no-KD student (alpha = 1, no teacher) gives a window or masked copy its review's label
@@ -285,8 +285,8 @@ def _teacher_precision(cfg: RunConfig, use_cuda: bool, amp: torch.dtype | None) 
     return cfg.teacher_precision
 
 
-def _augment_views(cfg: RunConfig, tokenizer, texts, labelled_ids, max_length: int) -> tuple[list, list[int]]:
-    """Augmentation rows made from the labelled reviews (their texts; their input ids as truncated for training):
+def augment_views(cfg: RunConfig, tokenizer, texts, labelled_ids, max_length: int) -> tuple[list, list[int]]:
+    """The augmentation rows a run adds, made from the labelled reviews (their texts; their input ids as truncated for training):
     up to cfg.augment_windows further windows of each long review, then cfg.augment_masked copies of each with random
     [MASK] tokens. Returns the rows' input ids and each one's review (its index in texts)."""
     views, owner = [], []
