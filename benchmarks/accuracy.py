@@ -360,8 +360,8 @@ def teacher_fit(table: dict) -> dict | None:
 
 def view_fit(table: dict) -> dict | None:
     """How right and how sure each teacher is on the windows and masked copies of the 2,000 labelled reviews (the
-    views TEACHER_AUG adds; teacher-aug trained on them with their reviews' labels, the kdapp teacher never trained on them):
-    how much a teacher's soft targets there can say beyond the labels (top probability at T = 1 and at KD's T = 2)."""
+    views TEACHER_AUG adds; teacher-aug trained on them with their reviews' labels, the kdapp teacher did not): how
+    much a teacher's soft targets there can say beyond the labels (top probability at T = 1 and at KD's T = 2)."""
     if not all(is_complete(ROOT / name) for name in ("teacher", "teacher-aug")):
         return None
     cfg = table["teacher-aug"][1]

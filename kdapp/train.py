@@ -286,9 +286,9 @@ def _teacher_precision(cfg: RunConfig, use_cuda: bool, amp: torch.dtype | None) 
 
 
 def augment_views(cfg: RunConfig, tokenizer, texts, labelled_ids, max_length: int) -> tuple[list, list[int]]:
-    """The augmentation rows a run adds, made from the labelled reviews (their texts; their input ids as truncated for training):
-    up to cfg.augment_windows further windows of each long review, then cfg.augment_masked copies of each with random
-    [MASK] tokens. Returns the rows' input ids and each one's review (its index in texts)."""
+    """The augmentation rows a run adds, made from the labelled reviews (their texts; their input ids as truncated for
+    training): up to cfg.augment_windows further windows of each long review, then cfg.augment_masked copies of each
+    with random [MASK] tokens. Returns the rows' input ids and each one's review (its index in texts)."""
     views, owner = [], []
     if cfg.augment_windows:
         views, owner = window_views(tokenizer, texts, max_length, cfg.augment_windows)

@@ -172,7 +172,8 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
         estimate = estimate_run(cfg)
         return (p["model"], p["data"], p["max_train_samples"], p["max_eval_samples"], p["num_train_epochs"],
                 p["learning_rate"], p["per_device_train_batch_size"], p["max_length"], p["warmup_steps"],
-                p["augment_windows"], p["augment_masked"], f"Quick CPU run preset filled: press Start. {estimate.describe()}")
+                p["augment_windows"], p["augment_masked"],
+                f"Quick CPU run preset filled: press Start. {estimate.describe()}")
 
     @guarded(lambda msg: (gr.skip(), f"Not resumed: {msg}", gr.skip()), ctx)
     def resume_interrupted(run: str, password: str = ""):
