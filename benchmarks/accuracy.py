@@ -46,8 +46,8 @@ from kdapp.checkpoints import is_complete, load_run_info
 from kdapp.config import FROM_TEACHER, RunConfig
 from kdapp.data import load_splits
 from kdapp.encoding import review_windows, tokenize_dataset
-from kdapp.inference import logits_from_ids
 from kdapp.evaluation import score
+from kdapp.inference import logits_from_ids
 from kdapp.metrics import classification_metrics, paired_difference, softmax
 from kdapp.models import load_pair, load_tokenizer
 from kdapp.train import augment_views, distill_student, train_teacher
@@ -368,13 +368,14 @@ def view_fit(table: dict) -> dict | None:
     train = load_splits(DATA, None, cfg.max_train_samples)["train"]
     out = {}
     for name in ("teacher", "teacher-aug"):
-        model, tokenizer = load_pair(str(ROOT / name))
+        tokenizer = load_tokenizer(str(ROOT / name))
         ids = tokenize_dataset(train, tokenizer, cfg.max_length, cfg.truncation,
                                cfg.resolved_head_tokens(cfg.max_length))["input_ids"]
         views, owner = augment_views(cfg, tokenizer, train["text"], ids, cfg.max_length)
         path = ROOT / name / "train_views_logits.npy"  # scored once (about a minute per teacher on 2 cores)
         logits = np.load(path) if path.is_file() else None
         if logits is None or len(logits) != len(views):
+            model, _ = load_pair(str(ROOT / name))
             logits = logits_from_ids(model.eval(), views, tokenizer.pad_token_id or 0)
             np.save(path, logits, allow_pickle=False)
         labels = np.asarray(train["label"])[owner]
@@ -452,7 +453,6 @@ def report(names: list[str], table: dict, out: Path) -> None:
         if not is_complete(folder):
             continue
         info = load_run_info(folder)
-        m = info.metrics.get("validation", {})
         logits = validation_logits(folder, val["text"], labels, cfg)  # per-row results for the paired tests
         m = classification_metrics(logits, labels)
         correct[name] = logits.argmax(-1) == labels
