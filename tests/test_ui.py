@@ -144,7 +144,7 @@ def preset_outputs(demo, api_name) -> tuple[tuple, dict]:
 
 def test_teacher_gpu_preset_fills_each_of_its_outputs(demo):
     """The preset resets the augmentation too: each value lands in its own control (no augmentation at 512 tokens)."""
-    values, filled = preset_outputs(demo, "gpu_preset")
+    _, filled = preset_outputs(demo, "gpu_preset")
     assert filled["train_model"] == "bert-base-uncased" and filled["train_max_length"] == 512
     assert filled["train_augment"] == 0 and filled["train_augment_masked"] == 0
 
