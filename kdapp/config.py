@@ -109,9 +109,11 @@ class RunConfig:
                                               "logit cache (default: max_length). Longer than max_length, the "
                                               "teacher sees more of each review than the student (same truncation "
                                               "rule). Needs --cache_teacher_logits.", kinds="distill")
-    teacher_precision: str = _f("auto", "The teacher's precision in distillation: auto (half precision on a GPU, "
-                                        "fp32 on CPU), fp32, or int8 (CPU: dynamic quantization; faster teacher "
-                                        "forwards, but it changes the soft targets: README, Accuracy).",
+    teacher_precision: str = _f("auto", "The teacher's precision in distillation: auto (half precision on a GPU; "
+                                        "on CPU bf16 under --mixed_precision bf16, else fp32), fp32 (also while "
+                                        "the student trains in mixed precision: the exact fp32 soft targets), or "
+                                        "int8 (CPU: dynamic quantization; faster teacher forwards, but it changes "
+                                        "the soft targets: README, Accuracy).",
                                 kinds="distill")
     fold_teachers: str | None = _f(None, "Cross-fitted soft targets: comma-separated folders of teachers trained "
                                          "with --holdout_fold 0/K ... K-1/K on the same data and rows; each labels "

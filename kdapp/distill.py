@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from .inference import own_precision
+
 IGNORE = -100  # label of transfer-set rows: no CE, KD only
 
 
@@ -132,7 +134,7 @@ class DistillationTrainer(Trainer):
             if self.logit_cache is not None and not want_hidden:
                 teacher_logits = self.logit_cache[idx.cpu()].to(outputs.logits.device)
             else:
-                with torch.no_grad():  # not inference_mode: its tensors may not be saved for backward
+                with torch.no_grad(), own_precision(self.teacher):  # not inference_mode: tensors saved for backward
                     teacher_out = self.teacher(**inputs, output_hidden_states=want_hidden)
                 teacher_logits = teacher_out.logits
         loss, ce, kd = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature)
@@ -162,7 +164,7 @@ class DistillationTrainer(Trainer):
         logits = model(**student_inputs).logits
         if self.alpha == 1.0:
             return label_loss(logits)
-        with torch.no_grad():
+        with torch.no_grad(), own_precision(self.teacher):
             t_logits = self.teacher(**teacher_inputs).logits
         return (1 - self.alpha) * kd_term(logits, t_logits, self.temperature)
 

@@ -123,6 +123,18 @@ def batch_tokens(device: torch.device | str, max_tokens: int | str | None = "aut
     return CPU_BATCH_TOKENS if torch.device(device).type == "cpu" else None
 
 
+def own_precision(model):
+    """The autocast context `model` runs its forward in, whatever autocast the caller is under: bf16 autocast for a
+    CPU model prepare_model made bf16, none otherwise (its weights' dtype decides). A teacher called inside the
+    student's mixed-precision training step so computes what it computes outside it, in the logit cache."""
+    device = model_device(model)
+    if device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    if getattr(model, "kdapp_precision", "fp32") == "bf16" and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
 @torch.inference_mode()
 def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 64, progress=None,
                     cls_only: bool = True, max_tokens: int | str | None = "auto") -> np.ndarray:
@@ -133,14 +145,11 @@ def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 
     max_tokens: tokens per batch at most, padding included ("auto": CPU_BATCH_TOKENS on CPU; None: batch_size rows
     whatever their length)."""
     device = model_device(model)
-    precision = getattr(model, "kdapp_precision", "fp32")
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" and device.type == "cpu"
-                else contextlib.nullcontext())
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
     batches = length_batches([len(x) for x in ids], batch_size, batch_tokens(device, max_tokens))
     with last_layer_cls_only(model, cls_only):
         for n, batch in enumerate(batches):
-            with autocast:
+            with own_precision(model):
                 logits = model(**pad_batch([ids[i] for i in batch], pad_id, device)).logits
             out[batch] = logits.float().cpu().numpy()
             if progress:

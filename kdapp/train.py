@@ -148,6 +148,11 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         # CPU bf16 training: the teacher in bf16 too, as a GPU runs it in half precision (its cache file is its own:
         # the fingerprint hashes the bf16 weights)
         teacher = prepare_model(teacher, "bf16", "cpu")
+    # GPU: the teacher in the run's half precision (fp16 when the student trains in fp32), from the cache pass on,
+    # so cached and on-the-fly soft targets come from the same teacher
+    teacher_dtype = (amp or torch.float16) if use_cuda and cfg.teacher_precision == "auto" else None
+    if teacher_dtype is not None and cfg.alpha < 1.0:
+        teacher = teacher.to(dtype=teacher_dtype)
     if cfg.last_layer_cls_only():  # the teacher's logits too (a copy when it went int8 or bf16 above)
         use_cls_only(teacher)
     cache, cache_hit, cross_fit = None, False, None
@@ -170,8 +175,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=trainer_metrics, callbacks=callbacks,
         teacher=teacher, alpha=cfg.alpha, temperature=cfg.temperature, hidden_loss=cfg.hidden_loss,
         hidden_loss_weight=cfg.hidden_loss_weight, logit_cache=cache,
-        # GPU: the teacher in the run's half precision (fp16 when the student trains in fp32)
-        teacher_dtype=(amp or torch.float16) if use_cuda and cfg.teacher_precision == "auto" else None,
+        teacher_dtype=teacher_dtype,
         mixup_alpha=cfg.mixup_alpha, online_mask_prob=cfg.online_mask_prob)
     meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows - len(transfer_views),
             "transfer_rows": transfer_rows, "transfer_window_rows": len(transfer_views), "augment_rows": augment_rows,

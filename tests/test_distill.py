@@ -217,6 +217,25 @@ def test_logit_cache_gives_the_same_loss_as_on_the_fly(tmp_path, tokenizer):
     assert torch.allclose(torch.stack(live._parts["loss_kd"]), torch.stack(cached._parts["loss_kd"]), atol=1e-5)
 
 
+def test_teacher_keeps_its_precision_under_the_students_autocast(tmp_path, tokenizer, monkeypatch):
+    # --mixed_precision bf16 --teacher_precision fp32: the student's step runs under bf16 autocast, the teacher on
+    # the fly must still give the fp32 logits the cache gives (it did not: autocast reached into its forward)
+    import kdapp.distill as kd
+    teacher = confident_teacher(seed=11)
+    ds = _train_ds(tokenizer)
+    cache, _ = teacher_logits(teacher, ds["input_ids"], tokenizer.pad_token_id, cache_dir=None)
+    seen = []
+    monkeypatch.setattr(kd, "distillation_loss", lambda s, t, *a: seen.append(t) or distillation_loss(s, t, *a))
+    trainer = _trainer(tmp_path, tokenizer, teacher, alpha=0.5)
+    order = [3, 17, 0, 9, 21]
+    batch = DataCollatorWithPadding(tokenizer)([ds[i] for i in order])
+    trainer.model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trainer.compute_loss(trainer.model, batch)
+    assert seen[0].dtype == torch.float32
+    assert torch.allclose(seen[0], cache[order], atol=1e-5)
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer):
     """The KD loss is a per-batch mean: with accumulation it must be divided by the number of micro-batches."""
     def run(batch, accumulate):
