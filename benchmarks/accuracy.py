@@ -269,6 +269,19 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                ("nokd-masked-windows", "control: no-KD student + the same masked copies and windows, with their "
                 "reviews' labels", dict(alpha=1.0, augment_masked=1, augment_mask_prob=0.15)))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        # cross-fitting the views too (--cross_fit_views): each window and masked copy of a labelled review labelled
+        # by the fold teacher that held the review out, as the review itself (the kdapp teacher trained on the review)
+        **{f"{name}-cfv{sfx}": (what + (f", seed {seed}" if sfx else ""),
+                                RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **options, augment_windows=2,
+                                          fold_teachers=fold_teachers, cross_fit_views=True, seed=seed, **COMMON,
+                                          **KDAPP_STUDENT))
+           for name, what, options in (
+               ("kd-masked-windows", "kd-masked-windows, the labelled reviews and their masked copies and windows "
+                "labelled by the fold teachers that held the reviews out", dict(KD, augment_masked=1,
+                                                                                augment_mask_prob=0.15)),
+               ("kd-transfer-masked-windows", "kd-transfer-masked-windows, the labelled reviews and their masked "
+                "copies and windows labelled by the fold teachers that held the reviews out", TRANSFER_MASKED))
+           for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         # the students of teacher-aug: the best recipes and their controls, each student made from its layers
         **{f"{name}-taug{sfx}": (f"{what}; teacher-aug as the teacher" + (f", seed {seed}" if sfx else ""),
                                  RunConfig(kind="distill", teacher=t_aug, **STUDENT, **options, seed=seed, **COMMON,
@@ -419,6 +432,10 @@ TAUG_PAIRS = (("kd-transfer-masked-windows-taug", "nokd-taug"),
               ("nokd-masked-windows-taug", "nokd-masked-windows"), ("kd-masked-windows-taug", "kd-masked-windows"),
               ("kd-transfer-masked-windows-taug", "kd-transfer-masked-windows"),
               ("kd-transfer-masked-windows-taug", "nokd"))
+# the view-cross-fitted students against the matched no-KD control and against the same recipe without cross-fitting
+CFV_PAIRS = (("kd-masked-windows-cfv", "nokd-masked-windows"), ("kd-masked-windows-cfv", "kd-masked-windows"),
+             ("kd-transfer-masked-windows-cfv", "nokd-masked-windows"),
+             ("kd-transfer-masked-windows-cfv", "kd-transfer-masked-windows"))
 SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"), ("kd-crossfit", "nokd"),
              ("kd-pretrained", "nokd-pretrained"), ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
              ("kd-transfer-masked", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained-3ep"),
@@ -428,7 +445,8 @@ SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked"
              ("kd-transfer-masked-allwindows", "nokd"), ("kd-transfer-masked-allwindows", "nokd-windows"),
              ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"), ("kd-masked-windows", "nokd"),
              ("kd-masked-windows", "nokd-windows"), ("kd-masked-windows", "nokd-masked-windows"),
-             ("kd-masked-windows", "kd-windows"), ("kd-transfer-masked-windows", "nokd-masked-windows"), *TAUG_PAIRS)
+             ("kd-masked-windows", "kd-windows"), ("kd-transfer-masked-windows", "nokd-masked-windows"), *TAUG_PAIRS,
+             *CFV_PAIRS)
 # read whole (windows): the students that learnt from the teacher's judgement of middle windows, and the main pairs
 WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-windows", "kd-transfer-masked"),
                *((f"{a}{sfx}", f"{b}{sfx}") for a, b in (
@@ -438,7 +456,7 @@ WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-window
                    ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"),
                    ("kd-masked-windows", "nokd-windows"), ("kd-masked-windows", "nokd-masked-windows"),
                    ("kd-transfer-masked-windows", "nokd-masked-windows"), ("kd-crossfit", "nokd"),
-                   ("kd-transfer-masked", "nokd"), *TAUG_PAIRS)
+                   ("kd-transfer-masked", "nokd"), *TAUG_PAIRS, *CFV_PAIRS)
                  for sfx in ("", "-s43", "-s44")), ("teacher-aug", "teacher"))
 WHOLE_RUNS = {"teacher", *(name for pair in WHOLE_PAIRS for name in pair)}  # scored whole too (~2x the passes)
 
@@ -499,7 +517,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
                             ("kd-masked-windows", "nokd"), ("kd-masked-windows", "nokd-masked-windows"),
                             ("nokd-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-masked-windows"))),
              ("teacher-aug", "teacher"),
-             *((f"{a}{sfx}", f"{b}{sfx}") for sfx in ("", "-s43", "-s44") for a, b in TAUG_PAIRS),
+             *((f"{a}{sfx}", f"{b}{sfx}") for sfx in ("", "-s43", "-s44") for a, b in TAUG_PAIRS + CFV_PAIRS),
              ("kd-transfer-masked-s43", "kd-transfer-masked"), ("nokd-s43", "nokd"), ("nokd-s44", "nokd"),
              ("kd-transfer-masked-s43", "nokd-s43"), ("kd-transfer-masked-s44", "kd-transfer-masked"),
              ("kd-transfer-masked-s44", "nokd-s44"), ("nokd-fastdrop", "nokd"),
@@ -574,12 +592,16 @@ def report(names: list[str], table: dict, out: Path) -> None:
     for r in rows:
         cross_fit = (load_run_info(ROOT / r["run"]).run_config.get("meta") or {}).get("cross_fit")
         if cross_fit:
-            key = (cross_fit["folds"], cross_fit["rows"], cross_fit["fold_teacher_accuracy"], cross_fit["teacher_accuracy"])
+            key = (cross_fit["folds"], cross_fit["rows"], cross_fit["fold_teacher_accuracy"],
+                   cross_fit["teacher_accuracy"], cross_fit.get("view_rows"),
+                   cross_fit.get("view_fold_teacher_accuracy"), cross_fit.get("view_teacher_accuracy"))
             targets.setdefault(key, []).append(r["run"])
-    for (folds, n, fold_acc, teacher_acc), names in targets.items():
+    for (folds, n, fold_acc, teacher_acc, n_views, view_fold_acc, view_acc), names in targets.items():
         lines += ["", f"{', '.join(names)}: the {folds} fold teachers' soft targets pick the label on "
                       f"{100 * fold_acc:.2f} % of the {n:,} labelled reviews (each on the fold it held out); the "
-                      f"teacher's own on {100 * teacher_acc:.2f} %."]
+                      f"teacher's own on {100 * teacher_acc:.2f} %" +
+                  (f"; on the {n_views:,} windows and masked copies of those reviews {100 * view_fold_acc:.2f} % "
+                   f"(the teacher's own {100 * view_acc:.2f} %)." if n_views else ".")]
     views = view_fit(table)
     for name, parts in (views or {}).items():
         lines += ["", f"{name} on the windows and masked copies of the 2,000 labelled reviews (teacher-aug trained on "

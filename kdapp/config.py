@@ -120,6 +120,9 @@ class RunConfig:
                                          "the labelled reviews it held out, so the student learns from soft targets "
                                          "no teacher memorised (transfer rows and augmented views keep --teacher). "
                                          "Needs --cache_teacher_logits.", kinds="distill")
+    cross_fit_views: bool = _f(False, "With --fold_teachers: the windows and masked copies of each labelled review "
+                                      "(--augment_windows, --augment_masked) get their soft targets from the fold "
+                                      "teacher that held that review out too, not from --teacher.", kinds="distill")
     # bookkeeping
     output_dir: str | None = _f(None, "Run folder (default checkpoints/<run_name>).")
     run_name: str | None = _f(None, "Run name (default <kind>-<model>-<time>).")
@@ -204,6 +207,9 @@ class RunConfig:
                 raise ValueError("fold_teachers (cross-fitted soft targets) needs alpha < 1, cache_teacher_logits and "
                                  "hidden_loss none, with the teacher in fp32 (teacher_precision auto or fp32): the "
                                  "fold teachers label the labelled rows once, for the cache")
+        if self.cross_fit_views and self.fold_teachers is None:
+            raise ValueError("cross_fit_views needs fold_teachers: the fold teachers label the views of the reviews "
+                             "they held out")
         if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.run_name):
             raise ValueError(f"run_name may hold letters, digits, '.', '_' and '-' only (max 100), got {self.run_name!r}")
 

@@ -5,7 +5,9 @@ and sure of it (README: Accuracy), so its soft targets there say little beyond t
 reviews alone buys little. Cross-fitting splits the labelled rows into K folds, fine-tunes K teachers with the
 teacher's recipe, each with one fold held out (`--holdout_fold k/K`), and lets each label the fold it did not see
 (`--fold_teachers`): out-of-fold soft targets, as stacking and cross-fitting estimators use out-of-fold predictions.
-Transfer rows, augmented views and on-the-fly views keep the main teacher's targets.
+Transfer rows and on-the-fly views keep the main teacher's targets; the windows and masked copies of each labelled
+review (--augment_windows, --augment_masked) keep them too unless --cross_fit_views, which hands each to the fold
+teacher that held its review out (the main teacher trained on the review they come from).
 
     python -m kdapp teacher ... --holdout_fold 0/4 --output_dir checkpoints/teacher-fold0   # and 1/4, 2/4, 3/4
     python -m kdapp distill --teacher checkpoints/teacher --cache_teacher_logits true \\
@@ -82,19 +84,32 @@ def check_fold_teachers(cfg: RunConfig, n_labelled: int) -> tuple[list[tuple[str
 
 
 def cross_fit_logits(cache: torch.Tensor, ids: list[list[int]], labels: list[int], pad_id: int,
-                     teachers: list[tuple[torch.nn.Module, int]], folds: int,
-                     batch_size: int = 64) -> tuple[torch.Tensor, dict]:
+                     teachers: list[tuple[torch.nn.Module, int]], folds: int, batch_size: int = 64,
+                     views: tuple[int, list[list[int]], list[int]] | None = None) -> tuple[torch.Tensor, dict]:
     """A copy of the logit cache whose first len(ids) rows (the labelled reviews) come from the teacher holding out
     each row's fold; the rest unchanged. Also how often the fold teachers and the main teacher agree with the labels
-    on those rows (held-out accuracy against training-set accuracy)."""
+    on those rows (held-out accuracy against training-set accuracy).
+
+    views: (first cache row, their ids, the labelled review each comes from): rows from there on relabelled too,
+    each by the teacher holding out its review's fold (scored against that review's label)."""
     out = cache.clone()
     n = len(ids)
+    start, view_ids, owners = views or (n, [], [])
+    rows = list(range(n)) + [start + j for j in range(len(view_ids))]
+    row_ids, owners = list(ids) + list(view_ids), list(range(n)) + list(owners)
     for model, k in teachers:
-        rows = fold_rows(n, k, folds)
-        logits, _ = teacher_logits(model, [ids[i] for i in rows], pad_id, batch_size)
-        out[rows] = logits
+        mine = [j for j, owner in enumerate(owners) if owner % folds == k]  # fold_rows(n, k, folds) and their views
+        logits, _ = teacher_logits(model, [row_ids[j] for j in mine], pad_id, batch_size)
+        out[[rows[j] for j in mine]] = logits
     labels = np.asarray(labels)
-    info = {"folds": folds, "rows": n,
-            "fold_teacher_accuracy": round(float((out[:n].argmax(-1).numpy() == labels).mean()), 4),
-            "teacher_accuracy": round(float((cache[:n].argmax(-1).numpy() == labels).mean()), 4)}
+
+    def accuracy(logits: torch.Tensor, truth: np.ndarray) -> float:
+        return round(float((logits.argmax(-1).numpy() == truth).mean()), 4)
+
+    info = {"folds": folds, "rows": n, "fold_teacher_accuracy": accuracy(out[:n], labels),
+            "teacher_accuracy": accuracy(cache[:n], labels)}
+    if view_ids:
+        view_rows, view_labels = rows[n:], labels[owners[n:]]
+        info |= {"view_rows": len(view_ids), "view_fold_teacher_accuracy": accuracy(out[view_rows], view_labels),
+                 "view_teacher_accuracy": accuracy(cache[view_rows], view_labels)}
     return out, info

@@ -314,8 +314,8 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
         teacher = measure_step_cost(teacher_cfg, tokens, device, threads, cls_only, teacher_amp)
         cached = cfg.cache_teacher_logits and cfg.hidden_loss == "none"  # the hidden loss runs the teacher anyway
         teacher_tokens = (all_rows * tokens if cached else token_count) + views * token_count
-        if cfg.fold_teachers:  # the fold teachers label the labelled rows once more, each its own fold
-            teacher_tokens += train_rows * tokens
+        if cfg.fold_teachers:  # the fold teachers label the labelled rows (and views) once more, each its fold
+            teacher_tokens += (train_rows + (masked_rows + window_rows if cfg.cross_fit_views else 0)) * tokens
         seconds += teacher_tokens * teacher.forward_s_per_token
     one_run = seconds * OVERHEAD + FIXED_S
     total = one_run

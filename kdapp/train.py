@@ -164,9 +164,12 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
                            + list(teacher_ids[len(train_rows):]))
         cache, cache_hit = teacher_logits(teacher, teacher_ids, tokenizer.pad_token_id or 0,
                                           cfg.per_device_eval_batch_size, fingerprint=fingerprint)
-        if folds:  # the labelled rows' soft targets from the teachers that held them out
+        if folds:  # the labelled rows' soft targets (and their views') from the teachers that held them out
+            first_view = len(train_rows)  # after the labelled and transfer rows
+            views_of = (first_view, teacher_ids[first_view:first_view + augment_rows], owner) \
+                if cfg.cross_fit_views else None
             cache, cross_fit = _cross_fit(cfg, folds, cache, teacher_ids[:len(splits["train"])],
-                                          splits["train"]["label"], tokenizer)
+                                          splits["train"]["label"], tokenizer, views_of)
         if cfg.hidden_loss == "none" and not (cfg.mixup_alpha or cfg.online_mask_prob):  # no on-the-fly use
             teacher.to("cpu")
     args = _training_args(cfg, out, remove_unused_columns=False, amp=amp)
@@ -192,8 +195,10 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
 
 
 # ---------------------------------------------------------------- pieces
-def _cross_fit(cfg: RunConfig, folds, cache: torch.Tensor, ids, labels, tokenizer) -> tuple[torch.Tensor, dict]:
-    """The cache with the labelled rows relabelled by the fold teachers (kdapp/cross_fit.py), and what they did."""
+def _cross_fit(cfg: RunConfig, folds, cache: torch.Tensor, ids, labels, tokenizer,
+               views=None) -> tuple[torch.Tensor, dict]:
+    """The cache with the labelled rows (and views, see cross_fit_logits) relabelled by the fold teachers
+    (kdapp/cross_fit.py), and what they did."""
     folders, n_folds = folds
     teachers = []
     for folder, k in folders:
@@ -203,7 +208,7 @@ def _cross_fit(cfg: RunConfig, folds, cache: torch.Tensor, ids, labels, tokenize
             use_cls_only(model)
         teachers.append((model.to("cuda" if torch.cuda.is_available() else "cpu"), k))
     cache, info = cross_fit_logits(cache, list(ids), list(labels), tokenizer.pad_token_id or 0, teachers, n_folds,
-                                   cfg.per_device_eval_batch_size)
+                                   cfg.per_device_eval_batch_size, views)
     return cache, info | {"fold_teachers": [str(f) for f, _ in folders]}
 
 

@@ -64,6 +64,37 @@ def test_cross_fit_logits_take_each_row_from_the_teacher_that_held_it_out(tokeni
         float((out[:len(ids)].argmax(-1) == torch.tensor(labels)).float().mean()), abs=1e-4)
 
 
+def test_cross_fit_views_go_to_the_teacher_that_held_their_review_out(tokenizer):
+    ids = encode(tokenizer, [f"the movie was {w}" for w in ["great", "awful", "good", "bad", "dull"]], 16)
+    views = encode(tokenizer, ["the movie [MASK] great", "was awful", "[MASK] good", "the bad", "dull dull"], 16)
+    owners = [0, 1, 2, 3, 4]
+    teachers = [(tiny_bert(seed=k).eval(), k) for k in range(2)]
+    cache = torch.randn(len(ids) + 2 + len(views), 2)  # 5 labelled rows, 2 transfer rows, then the views
+    labels = [1, 0, 1, 0, 0]
+    start = len(ids) + 2
+    out, info = cross_fit_logits(cache, ids, labels, tokenizer.pad_token_id, teachers, folds=2,
+                                 views=(start, views, owners))
+    plain, plain_info = cross_fit_logits(cache, ids, labels, tokenizer.pad_token_id, teachers, folds=2)
+    assert torch.equal(out[:start], plain[:start])  # labelled rows as without views; transfer rows untouched
+    assert torch.equal(out[len(ids):start], cache[len(ids):start])
+    for j, owner in enumerate(owners):
+        model = teachers[owner % 2][0]
+        expected = torch.from_numpy(logits_from_ids(model, [views[j]], tokenizer.pad_token_id))[0]
+        assert torch.allclose(out[start + j], expected, atol=1e-5)
+    truth = torch.tensor([labels[o] for o in owners])
+    assert info["view_rows"] == len(views)
+    assert info["view_fold_teacher_accuracy"] == pytest.approx(
+        float((out[start:].argmax(-1) == truth).float().mean()), abs=1e-4)
+    assert info["view_teacher_accuracy"] == pytest.approx(
+        float((cache[start:].argmax(-1) == truth).float().mean()), abs=1e-4)
+    assert "view_rows" not in plain_info
+
+
+def test_cross_fit_views_need_fold_teachers():
+    with pytest.raises(ValueError, match="cross_fit_views needs fold_teachers"):
+        RunConfig(kind="distill", teacher="t", cache_teacher_logits=True, cross_fit_views=True)
+
+
 @pytest.fixture(scope="module")
 def fold_runs(tmp_path_factory, teacher_dir, reviews_parquet):
     """A teacher and two fold teachers (0/2, 1/2) trained on the same 48 rows; cwd holds the logit cache."""
@@ -104,6 +135,25 @@ def test_student_learns_each_labelled_row_from_the_fold_teacher_that_held_it_out
         stored = load_file(path / "checkpoints" / ".cache" / "logits" / f"{teacher_fingerprint(model)}.safetensors")
         expected = {key.tobytes() for key in row_keys([ids[i] for i in fold_rows(48, k, 2)])}
         assert {key.tobytes() for key in stored["keys"].numpy()} == expected
+
+
+def test_student_learns_each_view_from_the_fold_teacher_that_held_its_review_out(fold_runs, reviews_parquet):
+    path, runs = fold_runs
+    folds = f"{runs['fold0']},{runs['fold1']}"
+    common = dict(kind="distill", teacher=str(runs["teacher"]), student=FROM_TEACHER, data=str(reviews_parquet),
+                  cache_teacher_logits=True, augment_masked=1, fold_teachers=folds, **FAST)
+    result = distill_student(RunConfig(output_dir=str(path / "views"), cross_fit_views=True, **common))
+    assert result.status == "done", result.message
+    cross_fit = json.loads((result.output_dir / "run_config.json").read_text())["meta"]["cross_fit"]
+    assert cross_fit["view_rows"] == 48  # one masked copy of each labelled review
+    assert 0 <= cross_fit["view_fold_teacher_accuracy"] <= 1 and 0 <= cross_fit["view_teacher_accuracy"] <= 1
+    # each fold teacher's cache now also holds the masked copies of its fold's reviews: more keys than its reviews
+    for k, name in enumerate(("fold0", "fold1")):
+        model, _ = load_pair(str(runs[name]))
+        stored = load_file(path / "checkpoints" / ".cache" / "logits" / f"{teacher_fingerprint(model)}.safetensors")
+        assert len(stored["keys"]) >= 24 + 20  # 24 reviews and their copies (a copy may equal its review)
+    without = distill_student(RunConfig(output_dir=str(path / "no-views"), **common))
+    assert "view_rows" not in json.loads((without.output_dir / "run_config.json").read_text())["meta"]["cross_fit"]
 
 
 @pytest.mark.parametrize("which, match", [

@@ -173,6 +173,9 @@ def test_estimate_counts_on_the_fly_views_and_masked_copies(teacher_dir, reviews
     assert copies.steps == 2 * estimate_run(base).steps and copies.seconds > plain  # twice the rows per epoch
     crossfit = estimate_run(dataclasses.replace(base, fold_teachers="f0,f1"))  # the fold teachers' labelling pass
     assert crossfit.steps == estimate_run(base).steps and crossfit.seconds > plain
+    views = dict(fold_teachers="f0,f1", augment_masked=1)  # the fold teachers label the masked copies too
+    assert estimate_run(dataclasses.replace(base, cross_fit_views=True, **views)).seconds > \
+        estimate_run(dataclasses.replace(base, **views)).seconds
 
 
 def test_estimate_counts_the_windows_that_window_augmentation_adds(tokenizer, teacher_dir, reviews_parquet):

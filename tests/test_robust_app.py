@@ -258,6 +258,11 @@ def test_holdout_fold_and_fold_teachers_reach_the_runs(runs, tmp_path, reviews_p
     assert (kd.run_config["meta"]["cross_fit"]["folds"], kd.run_config["meta"]["cross_fit"]["fold_teachers"]) == \
         (2, folds)
     assert nokd.run_config["fold_teachers"] is None and nokd.run_config["meta"]["cross_fit"] is None
+    fresh = build_app(JobRegistry(), tmp_path / "ckpt-views")  # its runs list holds this job's runs only
+    kd, nokd = kd_and_nokd_runs(fresh, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
+                                fold_teachers=",".join(folds), augment_masked=1, cross_fit_views=True)
+    assert kd.run_config["cross_fit_views"] and kd.run_config["meta"]["cross_fit"]["view_rows"] > 0
+    assert not nokd.run_config["cross_fit_views"]
 
 
 def test_teacher_and_student_with_different_tokenizers(runs, tmp_path, reviews_parquet):

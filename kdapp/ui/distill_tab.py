@@ -129,6 +129,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                                        info="teachers trained with Hold out fold 0/K ... K-1/K: each labels the "
                                             "reviews it did not see (needs the logit cache; README: Accuracy)",
                                        elem_id="distill_fold_teachers")
+            cross_fit_views = gr.Checkbox(DEFAULTS.cross_fit_views, elem_id="distill_cross_fit_views",
+                                          label="Fold teachers label each review's windows and masked copies too")
             mixed_precision = mixed_precision_radio("distill")
             run_name = gr.Textbox("", label="Run name (empty = automatic)")
     password = password_box(ctx, "distill")
@@ -143,7 +145,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             max_length, warmup, alpha, temperature, also_nokd, wandb, truncation, transfer_data, transfer_samples,
             hidden_loss, hidden_loss_weight, cache_logits, augment, augment_masked, max_steps, logging_steps,
             eval_strategy, seed, threads, run_name, attention_dropout, teacher_max_length, teacher_precision,
-            mixup_alpha, online_mask_prob, fold_teachers, mixed_precision, transfer_windows]
+            mixup_alpha, online_mask_prob, fold_teachers, mixed_precision, transfer_windows, cross_fit_views]
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
@@ -152,7 +154,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                       hidden_loss_weight, cache_teacher_logits, augment_windows, augment_masked, max_steps,
                       logging_steps, eval_strategy, seed, num_threads, run_name, attention_dropout=None,
                       teacher_max_length=None, teacher_precision="auto", mixup_alpha=0.0, online_mask_prob=0.0,
-                      fold_teachers="", mixed_precision="auto", transfer_windows=0, password=""):
+                      fold_teachers="", mixed_precision="auto", transfer_windows=0, cross_fit_views=False,
+                      password=""):
         """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
         ctx.unlock(password)
         from_teacher = student_source != OTHER_LABEL
@@ -177,7 +180,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             teacher_max_length=as_int(teacher_max_length), teacher_precision=teacher_precision or "auto",
             mixup_alpha=as_float(mixup_alpha) or 0.0, online_mask_prob=as_float(online_mask_prob) or 0.0,
             fold_teachers=",".join(ctx.model_name(f.strip()) for f in (fold_teachers or "").split(",") if f.strip())
-            or None, mixed_precision=mixed_precision or "auto")
+            or None, cross_fit_views=bool(cross_fit_views), mixed_precision=mixed_precision or "auto")
         cfg = build_config("distill", ctx.root, **values)
         stages = [Stage("KD student" if cfg.alpha < 1 else "no-KD student", distill_student, cfg)]
         if also_nokd and cfg.alpha < 1:
