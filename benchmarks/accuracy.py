@@ -290,6 +290,27 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                ("kd-transfer-masked-windows", "kd-transfer-masked-windows, the labelled reviews and their masked "
                 "copies and windows labelled by the fold teachers that held the reviews out", TRANSFER_MASKED))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        # the best labelled-only recipe tuned: temperature 1 (the fold teachers' targets are held out, so already
+        # honest), more weight on the soft targets (alpha 0.3), patience (3 epochs, with its no-KD control), and
+        # the views' labels besides their soft targets (--augment_labels: what the control has, plus the teacher)
+        **{f"kd-masked-windows-cfv-{tag}{sfx}": (f"kd-masked-windows-cfv, {what}" + (f", seed {seed}" if sfx else ""),
+                                                RunConfig(kind="distill", teacher=t_kdapp, **STUDENT,
+                                                          **dict(KD, **options), augment_masked=1,
+                                                          augment_mask_prob=0.15, augment_windows=2,
+                                                          fold_teachers=fold_teachers, cross_fit_views=True,
+                                                          seed=seed, **COMMON, **dict(KDAPP_STUDENT, **schedule)))
+           for tag, what, options, schedule in (("t1", "temperature 1", dict(temperature=1.0), {}),
+                                                ("a3", "alpha 0.3", dict(alpha=0.3), {}),
+                                                ("3ep", "3 epochs", {}, dict(num_train_epochs=3.0)),
+                                                ("al", "the views carry their review's label too",
+                                                 dict(augment_labels=True), {}))
+           for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        **{f"nokd-masked-windows-3ep{sfx}": ("control: nokd-masked-windows, 3 epochs"
+                                             + (f", seed {seed}" if sfx else ""),
+                                             RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0,
+                                                       augment_masked=1, augment_mask_prob=0.15, augment_windows=2,
+                                                       seed=seed, **COMMON, **KDAPP_STUDENT_3EP))
+           for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         # the students of teacher-aug: the best recipes and their controls, each student made from its layers
         **{f"{name}-taug{sfx}": (f"{what}; teacher-aug as the teacher" + (f", seed {seed}" if sfx else ""),
                                  RunConfig(kind="distill", teacher=t_aug, **STUDENT, **options, seed=seed, **COMMON,
@@ -444,6 +465,12 @@ TAUG_PAIRS = (("kd-transfer-masked-windows-taug", "nokd-taug"),
 CFV_PAIRS = (("kd-masked-windows-cfv", "nokd-masked-windows"), ("kd-masked-windows-cfv", "kd-masked-windows"),
              ("kd-transfer-masked-windows-cfv", "nokd-masked-windows"),
              ("kd-transfer-masked-windows-cfv", "kd-transfer-masked-windows"))
+# the tuned variants against the matched control and against the recipe they tune
+CFV_TUNED_PAIRS = (*((f"kd-masked-windows-cfv-{tag}", other) for tag in ("t1", "a3", "al")
+                     for other in ("nokd-masked-windows", "kd-masked-windows-cfv")),
+                   ("kd-masked-windows-cfv-3ep", "nokd-masked-windows-3ep"),
+                   ("kd-masked-windows-cfv-3ep", "kd-masked-windows-cfv"),
+                   ("nokd-masked-windows-3ep", "nokd-masked-windows"))
 SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"), ("kd-crossfit", "nokd"),
              ("kd-pretrained", "nokd-pretrained"), ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
              ("kd-transfer-masked", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained-3ep"),
@@ -454,7 +481,7 @@ SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked"
              ("kd-transfer-masked-allwindows", "kd-transfer-masked-windows"), ("kd-masked-windows", "nokd"),
              ("kd-masked-windows", "nokd-windows"), ("kd-masked-windows", "nokd-masked-windows"),
              ("kd-masked-windows", "kd-windows"), ("kd-transfer-masked-windows", "nokd-masked-windows"), *TAUG_PAIRS,
-             *CFV_PAIRS)
+             *CFV_PAIRS, *CFV_TUNED_PAIRS)
 # read whole (windows): the students that learnt from the teacher's judgement of middle windows, and the main pairs
 WHOLE_PAIRS = (("kd", "nokd"), ("kd-windows", "kd"), ("kd-transfer-masked-windows", "kd-transfer-masked"),
                *((f"{a}{sfx}", f"{b}{sfx}") for a, b in (
@@ -525,7 +552,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
                             ("kd-masked-windows", "nokd"), ("kd-masked-windows", "nokd-masked-windows"),
                             ("nokd-masked-windows", "nokd"), ("kd-transfer-masked-windows", "nokd-masked-windows"))),
              ("teacher-aug", "teacher"),
-             *((f"{a}{sfx}", f"{b}{sfx}") for sfx in ("", "-s43", "-s44") for a, b in TAUG_PAIRS + CFV_PAIRS),
+             *((f"{a}{sfx}", f"{b}{sfx}") for sfx in ("", "-s43", "-s44") for a, b in
+               TAUG_PAIRS + CFV_PAIRS + CFV_TUNED_PAIRS),
              ("kd-transfer-masked-s43", "kd-transfer-masked"), ("nokd-s43", "nokd"), ("nokd-s44", "nokd"),
              ("kd-transfer-masked-s43", "nokd-s43"), ("kd-transfer-masked-s44", "kd-transfer-masked"),
              ("kd-transfer-masked-s44", "nokd-s44"), ("nokd-fastdrop", "nokd"),

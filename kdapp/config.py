@@ -94,6 +94,11 @@ class RunConfig:
                                 "(with alpha=1, no teacher: by the review's label), a teacher's carry the review's "
                                 "label.")
     augment_mask_prob: float = _f(0.15, "Share of a masked copy's tokens replaced by [MASK].")
+    augment_labels: bool = _f(False, "KD students: each window and masked copy of a labelled review "
+                                     "(--augment_windows, --augment_masked) also carries the review's label in the "
+                                     "CE term, as the review itself does, besides the teacher's soft targets "
+                                     "(default: KD term only). A no-KD student always gives them the labels.",
+                              kinds="distill")
     mixup_alpha: float = _f(0.0, "Mixup (MixKD, Liang et al. 2021): every step also trains on the batch's reviews "
                                  "mixed in pairs at the word embeddings, lam ~ Beta(a, a); the teacher labels each "
                                  "mix on the fly (KD term only; with alpha=1, no teacher: the mixed labels' CE). "
@@ -207,6 +212,8 @@ class RunConfig:
                 raise ValueError("fold_teachers (cross-fitted soft targets) needs alpha < 1, cache_teacher_logits and "
                                  "hidden_loss none, with the teacher in fp32 (teacher_precision auto or fp32): the "
                                  "fold teachers label the labelled rows once, for the cache")
+        if self.augment_labels and not (self.augment_windows or self.augment_masked):
+            raise ValueError("augment_labels needs augment_windows or augment_masked: it labels those rows")
         if self.cross_fit_views and self.fold_teachers is None:
             raise ValueError("cross_fit_views needs fold_teachers: the fold teachers label the views of the reviews "
                              "they held out")

@@ -122,9 +122,10 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
                                   train_ds["input_ids"][: len(splits["train"])], max_length)
     augment_rows = len(views)
     # KD-only rows; a no-KD student (alpha = 1, no teacher) gives a window or masked copy its review's label
-    # instead, the control that separates what the augmentation buys from what the teacher's soft targets buy
+    # instead, the control that separates what the augmentation buys from what the teacher's soft targets buy;
+    # --augment_labels gives a KD student's views both
     labels = [IGNORE] * len(views)
-    if cfg.alpha == 1.0:
+    if cfg.alpha == 1.0 or cfg.augment_labels:
         review_labels = list(splits["train"]["label"])
         labels = [review_labels[i] for i in owner]
     transfer_views = []
@@ -182,7 +183,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         mixup_alpha=cfg.mixup_alpha, online_mask_prob=cfg.online_mask_prob)
     meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows - len(transfer_views),
             "transfer_rows": transfer_rows, "transfer_window_rows": len(transfer_views), "augment_rows": augment_rows,
-            "augment_targets": "labels" if cfg.alpha == 1.0 else "teacher",
+            "augment_targets": _augment_targets(cfg),
             "student_layer_map": layer_map, "teacher_logits_cached": cache is not None,
             "teacher_logits_cache_hit": cache_hit, "cross_fit": cross_fit, "max_length_effective": max_length,
             "teacher_max_length_effective": teacher_length if cfg.alpha < 1.0 else None,
@@ -195,6 +196,13 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
 
 
 # ---------------------------------------------------------------- pieces
+def _augment_targets(cfg: RunConfig) -> str:
+    """What a student's windows and masked copies learn from: labels, teacher, or labels+teacher."""
+    if cfg.alpha == 1.0:
+        return "labels"
+    return "labels+teacher" if cfg.augment_labels else "teacher"
+
+
 def _cross_fit(cfg: RunConfig, folds, cache: torch.Tensor, ids, labels, tokenizer,
                views=None) -> tuple[torch.Tensor, dict]:
     """The cache with the labelled rows (and views, see cross_fit_logits) relabelled by the fold teachers

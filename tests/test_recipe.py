@@ -73,7 +73,8 @@ def test_masked_views_mask_some_tokens_and_never_the_special_ones():
     assert views == masked_views(seqs, mask_id=103, copies=3, prob=0.25, seed=1, keep=frozenset({101, 102}))
 
 
-def test_augment_masked_adds_kd_only_copies(tmp_path, teacher_dir, reviews_parquet):
+def test_augment_masked_adds_kd_only_copies(tmp_path, teacher_dir, reviews_parquet, monkeypatch):
+    seen = _train_rows(monkeypatch)
     _teacher(tmp_path, teacher_dir, reviews_parquet)
     cfg = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher",
                     data=str(reviews_parquet), max_length=16, max_steps=3, augment_masked=2, augment_mask_prob=0.3,
@@ -82,6 +83,7 @@ def test_augment_masked_adds_kd_only_copies(tmp_path, teacher_dir, reviews_parqu
     meta = json.loads((tmp_path / "masked" / "run_config.json").read_text())["meta"]
     assert result.status == "done"
     assert meta["augment_rows"] == 2 * meta["train_rows"] > 0 and meta["augment_targets"] == "teacher"
+    assert seen["train"]["label"][meta["train_rows"]:] == [-100] * meta["augment_rows"]  # no CE on the copies
     for bad in (dict(augment_masked=-1), dict(augment_masked=1, augment_mask_prob=1.0)):
         with pytest.raises(ValueError):
             RunConfig(kind="distill", teacher="t", **bad)
@@ -119,6 +121,40 @@ def test_no_kd_windows_carry_their_review_label(tmp_path, teacher_dir, long_revi
     assert rows["input_ids"][n: n + len(views)] == views  # the windows, then the masked copies
     assert rows["label"][n: n + len(views)] == [rows["label"][i] for i in owner]  # each with its review's label
     assert rows["label"][n + len(views):] == rows["label"][:n]
+
+
+def test_augment_labels_gives_a_kd_students_views_their_review_label_and_soft_targets(tmp_path, teacher_dir,
+                                                                                        long_reviews, monkeypatch):
+    """--augment_labels: a KD student's windows and masked copies carry their review's label (CE) and keep the
+    teacher's soft targets in the cache (KD), as the labelled reviews do."""
+    import kdapp.train as train_module
+
+    seen = _train_rows(monkeypatch)
+    caches = []
+    real_cache = train_module.teacher_logits
+    monkeypatch.setattr(train_module, "teacher_logits",
+                        lambda *a, **kw: caches.append(real_cache(*a, **kw, cache_dir=None)) or caches[-1])
+    _teacher(tmp_path, teacher_dir, long_reviews)
+    cfg = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher",
+                    data=str(long_reviews), max_length=16, max_steps=2, augment_windows=2, augment_masked=1,
+                    augment_labels=True, cache_teacher_logits=True, eval_strategy="no",
+                    output_dir=str(tmp_path / "kd-labelled-views"))
+    assert distill_student(cfg).status == "done"
+    meta = json.loads((tmp_path / "kd-labelled-views" / "run_config.json").read_text())["meta"]
+    n, rows = meta["train_rows"], seen["train"]
+    views, owner = window_views(AutoTokenizer.from_pretrained(str(tmp_path / "teacher")),
+                                load_splits(str(long_reviews))["train"]["text"], 16, 2)
+    assert meta["augment_targets"] == "labels+teacher" and meta["augment_rows"] == len(views) + n
+    assert rows["label"][n: n + len(views)] == [rows["label"][i] for i in owner]
+    assert rows["label"][n + len(views):] == rows["label"][:n] and -100 not in rows["label"]
+    cache, _ = caches[-1]
+    assert len(cache) == len(rows)  # every view still has the teacher's soft targets
+
+
+def test_augment_labels_needs_views_to_label():
+    with pytest.raises(ValueError, match="augment_labels needs augment_windows or augment_masked"):
+        RunConfig(kind="distill", teacher="t", augment_labels=True)
+    RunConfig(kind="distill", teacher="t", augment_masked=1, augment_labels=True)
 
 
 def test_teacher_trains_on_windows_and_masked_copies_with_their_review_label(tmp_path, teacher_dir, long_reviews,

@@ -260,9 +260,11 @@ def test_holdout_fold_and_fold_teachers_reach_the_runs(runs, tmp_path, reviews_p
     assert nokd.run_config["fold_teachers"] is None and nokd.run_config["meta"]["cross_fit"] is None
     fresh = build_app(JobRegistry(), tmp_path / "ckpt-views")  # its runs list holds this job's runs only
     kd, nokd = kd_and_nokd_runs(fresh, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
-                                fold_teachers=",".join(folds), augment_masked=1, cross_fit_views=True)
+                                fold_teachers=",".join(folds), augment_masked=1, cross_fit_views=True,
+                                augment_labels=True)
     assert kd.run_config["cross_fit_views"] and kd.run_config["meta"]["cross_fit"]["view_rows"] > 0
-    assert not nokd.run_config["cross_fit_views"]
+    assert kd.run_config["augment_labels"] and kd.run_config["meta"]["augment_targets"] == "labels+teacher"
+    assert not nokd.run_config["cross_fit_views"] and not nokd.run_config["augment_labels"]
 
 
 def test_teacher_and_student_with_different_tokenizers(runs, tmp_path, reviews_parquet):

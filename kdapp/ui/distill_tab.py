@@ -23,7 +23,7 @@ DEFAULTS = RunConfig(kind="distill", teacher="-")
 PRESET_FIELDS = ("num_train_epochs", "learning_rate", "warmup_steps", "truncation", "augment_windows", "augment_masked",
                  "cache_teacher_logits", "alpha", "temperature", "max_length", "per_device_train_batch_size",
                  "transfer_data", "transfer_samples", "max_train_samples", "data", "attention_dropout",
-                 "transfer_windows")
+                 "transfer_windows", "augment_labels")
 
 
 def recipe_preset(scale: str) -> dict:
@@ -35,7 +35,8 @@ def recipe_preset(scale: str) -> dict:
     is faster on CPU but cost kd-transfer-masked a point (kd-transfer-masked-ad0). GPU: no window augmentation (at
     512 tokens few IMDb reviews have a further window, and it is not measured there)."""
     common = dict(num_train_epochs=2.0 if scale == "cpu" else 3.0, learning_rate=1e-4 if scale == "cpu" else 5e-5,
-                  warmup_steps=0.1, truncation="head_tail", cache_teacher_logits=True, alpha=0.5, temperature=2.0)
+                  warmup_steps=0.1, truncation="head_tail", cache_teacher_logits=True, alpha=0.5, temperature=2.0,
+                  augment_labels=False)
     if scale == "cpu":
         return common | dict(max_length=256, per_device_train_batch_size=16, transfer_data="rest",
                              transfer_samples=2000, max_train_samples=2000, data=gr.skip(), augment_masked=1,
@@ -131,6 +132,10 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                                        elem_id="distill_fold_teachers")
             cross_fit_views = gr.Checkbox(DEFAULTS.cross_fit_views, elem_id="distill_cross_fit_views",
                                           label="Fold teachers label each review's windows and masked copies too")
+            augment_labels = gr.Checkbox(DEFAULTS.augment_labels, elem_id="distill_augment_labels",
+                                         label="Windows and masked copies carry their review's label too",
+                                         info="CE on the label besides the teacher's soft targets (default: the "
+                                              "soft targets only)")
             mixed_precision = mixed_precision_radio("distill")
             run_name = gr.Textbox("", label="Run name (empty = automatic)")
     password = password_box(ctx, "distill")
@@ -145,7 +150,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             max_length, warmup, alpha, temperature, also_nokd, wandb, truncation, transfer_data, transfer_samples,
             hidden_loss, hidden_loss_weight, cache_logits, augment, augment_masked, max_steps, logging_steps,
             eval_strategy, seed, threads, run_name, attention_dropout, teacher_max_length, teacher_precision,
-            mixup_alpha, online_mask_prob, fold_teachers, mixed_precision, transfer_windows, cross_fit_views]
+            mixup_alpha, online_mask_prob, fold_teachers, mixed_precision, transfer_windows, cross_fit_views,
+            augment_labels]
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
@@ -155,7 +161,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                       logging_steps, eval_strategy, seed, num_threads, run_name, attention_dropout=None,
                       teacher_max_length=None, teacher_precision="auto", mixup_alpha=0.0, online_mask_prob=0.0,
                       fold_teachers="", mixed_precision="auto", transfer_windows=0, cross_fit_views=False,
-                      password=""):
+                      augment_labels=False, password=""):
         """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
         ctx.unlock(password)
         from_teacher = student_source != OTHER_LABEL
@@ -180,7 +186,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             teacher_max_length=as_int(teacher_max_length), teacher_precision=teacher_precision or "auto",
             mixup_alpha=as_float(mixup_alpha) or 0.0, online_mask_prob=as_float(online_mask_prob) or 0.0,
             fold_teachers=",".join(ctx.model_name(f.strip()) for f in (fold_teachers or "").split(",") if f.strip())
-            or None, cross_fit_views=bool(cross_fit_views), mixed_precision=mixed_precision or "auto")
+            or None, cross_fit_views=bool(cross_fit_views), augment_labels=bool(augment_labels),
+            mixed_precision=mixed_precision or "auto")
         cfg = build_config("distill", ctx.root, **values)
         stages = [Stage("KD student" if cfg.alpha < 1 else "no-KD student", distill_student, cfg)]
         if also_nokd and cfg.alpha < 1:
@@ -216,7 +223,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
     start.click(start_distill, form + [password], panel.start_outputs, api_name="start_distill")
     preset_outputs = dict(zip(PRESET_FIELDS, [epochs, lr, warmup, truncation, augment, augment_masked, cache_logits,
                                               alpha, temperature, max_length, batch, transfer_data, transfer_samples,
-                                              max_train, data, attention_dropout, transfer_windows], strict=True))
+                                              max_train, data, attention_dropout, transfer_windows, augment_labels],
+                                  strict=True))
     for scale, button in (("cpu", recipe_cpu), ("gpu", recipe_gpu)):
         button.click(lambda scale=scale: tuple(recipe_preset(scale)[k] for k in PRESET_FIELDS), None,
                      list(preset_outputs.values()), api_name=f"recipe_{scale}")
