@@ -469,6 +469,7 @@ CFV_PAIRS = (("kd-masked-windows-cfv", "nokd-masked-windows"), ("kd-masked-windo
 CFV_TUNED_PAIRS = (*((f"kd-masked-windows-cfv-{tag}", other) for tag in ("t1", "a3", "al")
                      for other in ("nokd-masked-windows", "kd-masked-windows-cfv")),
                    ("kd-masked-windows-cfv-3ep", "nokd-masked-windows-3ep"),
+                   ("kd-masked-windows-cfv-3ep", "nokd-masked-windows"),  # the control's better schedule
                    ("kd-masked-windows-cfv-3ep", "kd-masked-windows-cfv"),
                    ("nokd-masked-windows-3ep", "nokd-masked-windows"))
 SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"), ("kd-crossfit", "nokd"),

@@ -105,6 +105,17 @@ def _train_rows(monkeypatch, trainer: str = "DistillationTrainer") -> dict:
     return seen
 
 
+def _teacher_caches(monkeypatch) -> list:
+    """The (logits, hit) of every logit-cache pass a run makes, in order (computed afresh: no cache folder)."""
+    import kdapp.train as train_module
+
+    caches = []
+    real_cache = train_module.teacher_logits
+    monkeypatch.setattr(train_module, "teacher_logits",
+                        lambda *a, **kw: caches.append(real_cache(*a, **kw, cache_dir=None)) or caches[-1])
+    return caches
+
+
 def test_no_kd_windows_carry_their_review_label(tmp_path, teacher_dir, long_reviews, monkeypatch):
     """The control run: alpha = 1 trains on the further windows with their own review's label (no teacher)."""
     seen = _train_rows(monkeypatch)
@@ -127,13 +138,7 @@ def test_augment_labels_gives_a_kd_students_views_their_review_label_and_soft_ta
                                                                                         long_reviews, monkeypatch):
     """--augment_labels: a KD student's windows and masked copies carry their review's label (CE) and keep the
     teacher's soft targets in the cache (KD), as the labelled reviews do."""
-    import kdapp.train as train_module
-
-    seen = _train_rows(monkeypatch)
-    caches = []
-    real_cache = train_module.teacher_logits
-    monkeypatch.setattr(train_module, "teacher_logits",
-                        lambda *a, **kw: caches.append(real_cache(*a, **kw, cache_dir=None)) or caches[-1])
+    seen, caches = _train_rows(monkeypatch), _teacher_caches(monkeypatch)
     _teacher(tmp_path, teacher_dir, long_reviews)
     cfg = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher",
                     data=str(long_reviews), max_length=16, max_steps=2, augment_windows=2, augment_masked=1,
@@ -180,14 +185,9 @@ def test_transfer_windows_are_kd_only_rows_of_the_transfer_reviews(tmp_path, tea
                                                                    monkeypatch):
     """--transfer_windows: further windows of each long transfer review, after the labelled views, label -100 (KD
     only), with the teacher's soft targets for every one of them in the logit cache."""
-    import kdapp.train as train_module
     from kdapp.data import load_transfer_texts
 
-    seen = _train_rows(monkeypatch)
-    caches = []
-    real_cache = train_module.teacher_logits
-    monkeypatch.setattr(train_module, "teacher_logits",
-                        lambda *a, **kw: caches.append(real_cache(*a, **kw, cache_dir=None)) or caches[-1])
+    seen, caches = _train_rows(monkeypatch), _teacher_caches(monkeypatch)
     _teacher(tmp_path, teacher_dir, long_reviews)
     cfg = RunConfig(kind="distill", teacher=str(tmp_path / "teacher"), student="from-teacher", data=str(long_reviews),
                     max_train_samples=30, transfer_data="rest", transfer_samples=20, augment_windows=1,
