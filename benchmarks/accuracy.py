@@ -320,6 +320,16 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                                                      fold_teachers=fold_teachers8, cross_fit_views=True, seed=seed,
                                                      **COMMON, **KDAPP_STUDENT))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        # the transfer set taught by a stronger teacher: the mean of the eight fold teachers (none trained on a
+        # transfer review; README: "Where the ceiling is"), the labelled rows and their views by the kdapp teacher
+        **{f"kd-transfer-masked-windows-ens8{sfx}": ("kd-transfer-masked-windows, the transfer reviews labelled by "
+                                                    f"the mean of the {FOLDS8} fold teachers"
+                                                    + (f", seed {seed}" if sfx else ""),
+                                                    RunConfig(kind="distill", teacher=t_kdapp, **STUDENT,
+                                                              **TRANSFER_MASKED, augment_windows=2,
+                                                              transfer_teachers=fold_teachers8, seed=seed, **COMMON,
+                                                              **KDAPP_STUDENT))
+           for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         **{f"nokd-masked-windows-3ep{sfx}": ("control: nokd-masked-windows, 3 epochs"
                                              + (f", seed {seed}" if sfx else ""),
                                              RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0,
@@ -487,7 +497,10 @@ CFV_TUNED_PAIRS = (*((f"kd-masked-windows-cfv-{tag}", other) for tag in ("t1", "
                    ("kd-masked-windows-cfv-3ep", "nokd-masked-windows"),  # the control's better schedule
                    ("kd-masked-windows-cfv-3ep", "kd-masked-windows-cfv"),
                    ("nokd-masked-windows-3ep", "nokd-masked-windows"),
-                   ("kd-masked-windows-cfv8", "nokd-masked-windows"), ("kd-masked-windows-cfv8", "kd-masked-windows-cfv"))
+                   ("kd-masked-windows-cfv8", "nokd-masked-windows"),
+                   ("kd-masked-windows-cfv8", "kd-masked-windows-cfv"),
+                   *(("kd-transfer-masked-windows-ens8", other)
+                     for other in ("nokd", "nokd-masked-windows", "kd-transfer-masked-windows")))
 SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"), ("kd-crossfit", "nokd"),
              ("kd-pretrained", "nokd-pretrained"), ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
              ("kd-transfer-masked", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained-3ep"),
@@ -655,6 +668,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
                       f"teacher's own on {100 * teacher_acc:.2f} %" +
                   (f"; on the {n_views:,} windows and masked copies of those reviews {100 * view_fold_acc:.2f} % "
                    f"(the teacher's own {100 * view_acc:.2f} %)." if n_views else ".")]
+    lines += ensemble_lines(rows, labels)
     views = view_fit(table)
     for name, parts in (views or {}).items():
         lines += ["", f"{name} on the windows and masked copies of the 2,000 labelled reviews (teacher-aug trained on "
@@ -678,6 +692,28 @@ def report(names: list[str], table: dict, out: Path) -> None:
                                                     "paired_whole_review": whole_diffs,
                                                     "seed_spread_whole_review": whole_spread,
                                                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+
+
+def ensemble_lines(rows: list[dict], labels: np.ndarray) -> list[str]:
+    """For the students whose transfer rows an ensemble labelled (--transfer_teachers): that ensemble's accuracy on
+    the validation rows (its teachers' mean logits) and how often it agreed with the teacher on the transfer rows."""
+    ensembles = {}
+    for r in rows:
+        info = (load_run_info(ROOT / r["run"]).run_config.get("meta") or {}).get("transfer_ensemble")
+        if info:
+            ensembles.setdefault(tuple(info["transfer_teachers"]), []).append((r["run"], info))
+    lines = []
+    for folders, runs in ensembles.items():
+        files = [Path(f) / "validation_logits.npy" for f in folders]
+        if not all(f.is_file() for f in files):
+            continue
+        accuracy = float((np.mean([np.load(f) for f in files], axis=0).argmax(-1) == labels).mean())
+        agreement = ", ".join(f"{100 * info['agreement_with_teacher']:.2f} %" for _, info in runs)
+        lines += ["", f"{', '.join(name for name, _ in runs)}: the {runs[0][1]['rows']:,} transfer rows labelled by "
+                      f"the mean logits of {len(folders)} teachers ({', '.join(Path(f).name for f in folders)}), "
+                      f"which score {100 * accuracy:.2f} % on the validation rows together; they pick the kdapp "
+                      f"teacher's class on {agreement} of the transfer rows."]
+    return lines
 
 
 def _diff_line(name: str, d: dict) -> str:

@@ -128,6 +128,11 @@ class RunConfig:
     cross_fit_views: bool = _f(False, "With --fold_teachers: the windows and masked copies of each labelled review "
                                       "(--augment_windows, --augment_masked) get their soft targets from the fold "
                                       "teacher that held that review out too, not from --teacher.", kinds="distill")
+    transfer_teachers: str | None = _f(None, "Ensemble soft targets for the transfer set: comma-separated folders of "
+                                             "teachers (same tokenizer) whose mean logits label the transfer reviews "
+                                             "and their windows instead of --teacher's, e.g. the fold teachers of "
+                                             "--fold_teachers (none trained on a transfer review). Needs "
+                                             "--transfer_data and --cache_teacher_logits.", kinds="distill")
     # bookkeeping
     output_dir: str | None = _f(None, "Run folder (default checkpoints/<run_name>).")
     run_name: str | None = _f(None, "Run name (default <kind>-<model>-<time>).")
@@ -212,6 +217,13 @@ class RunConfig:
                 raise ValueError("fold_teachers (cross-fitted soft targets) needs alpha < 1, cache_teacher_logits and "
                                  "hidden_loss none, with the teacher in fp32 (teacher_precision auto or fp32): the "
                                  "fold teachers label the labelled rows once, for the cache")
+        if self.transfer_teachers is not None:
+            if not self.transfer_teacher_list():
+                raise ValueError("transfer_teachers is empty: give the teachers' folders, comma-separated")
+            if not self.transfer_data or not self.cache_teacher_logits or self.hidden_loss != "none":
+                raise ValueError("transfer_teachers (ensemble soft targets for the transfer set) needs transfer_data, "
+                                 "cache_teacher_logits and hidden_loss none: they label the transfer rows once, for "
+                                 "the cache")
         if self.augment_labels and not (self.augment_windows or self.augment_masked):
             raise ValueError("augment_labels needs augment_windows or augment_masked: it labels those rows")
         if self.cross_fit_views and self.fold_teachers is None:
@@ -237,7 +249,10 @@ class RunConfig:
         return f"{self.kind}-{slug}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def fold_teacher_list(self) -> list[str]:
-        return [x.strip() for x in (self.fold_teachers or "").split(",") if x.strip()]
+        return _folders(self.fold_teachers)
+
+    def transfer_teacher_list(self) -> list[str]:
+        return _folders(self.transfer_teachers)
 
     def last_layer_cls_only(self) -> bool:
         """Whether the run computes its models' last layer at [CLS] only: asked for, and no hidden-state loss reads
@@ -268,6 +283,11 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _folders(value: str | None) -> list[str]:
+    """The folders of a comma-separated list (empty items dropped)."""
+    return [x.strip() for x in (value or "").split(",") if x.strip()]
 
 
 def parse_fold(spec: str) -> tuple[int, int]:

@@ -13,6 +13,9 @@ teacher that held its review out (the main teacher trained on the review they co
     python -m kdapp distill --teacher checkpoints/teacher --cache_teacher_logits true \\
         --fold_teachers checkpoints/teacher-fold0,checkpoints/teacher-fold1,checkpoints/teacher-fold2,...
 
+The transfer rows and their windows can have an ensemble's soft targets instead (--transfer_teachers: the mean
+logits of several teachers; the fold teachers suit, as none of them trained on a transfer review).
+
 Fold k holds rows i with i mod K = k of the seed-shuffled training split (after --max_train_samples): the same rows
 for every seed, so one set of fold teachers serves students of any seed.
 """
@@ -113,3 +116,16 @@ def cross_fit_logits(cache: torch.Tensor, ids: list[list[int]], labels: list[int
         info |= {"view_rows": len(view_ids), "view_fold_teacher_accuracy": accuracy(out[view_rows], view_labels),
                  "view_teacher_accuracy": accuracy(cache[view_rows], view_labels)}
     return out, info
+
+
+def ensemble_logits(cache: torch.Tensor, rows: list[int], ids: list[list[int]], pad_id: int,
+                    teachers: list[torch.nn.Module], batch_size: int = 64) -> tuple[torch.Tensor, dict]:
+    """A copy of the logit cache whose `rows` (ids: one per row) hold the mean logits of `teachers`, the rest
+    unchanged; also how often the ensemble picks the class the cache's teacher picked on those rows."""
+    out = cache.clone()
+    if not rows:
+        return out, {"teachers": len(teachers), "rows": 0, "agreement_with_teacher": None}
+    mean = torch.stack([teacher_logits(model, ids, pad_id, batch_size)[0] for model in teachers]).mean(0)
+    out[rows] = mean
+    agreement = float((mean.argmax(-1) == cache[rows].argmax(-1)).float().mean())
+    return out, {"teachers": len(teachers), "rows": len(rows), "agreement_with_teacher": round(agreement, 4)}

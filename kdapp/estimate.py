@@ -275,8 +275,9 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
     transfer_rows, transfer_lengths = transfer_stats(cfg, rows, train_rows, lengths)
     masked_rows = train_rows * cfg.augment_masked  # fixed masked copies (a teacher's and a student's)
     # further windows of the long labelled (and transfer) reviews, from the sampled lengths
-    window_rows = round(train_rows * windows_per_review(lengths, cfg.max_length, cfg.augment_windows)
-                        + transfer_rows * windows_per_review(transfer_lengths, cfg.max_length, cfg.transfer_windows))
+    labelled_windows = train_rows * windows_per_review(lengths, cfg.max_length, cfg.augment_windows)
+    transfer_windows = transfer_rows * windows_per_review(transfer_lengths, cfg.max_length, cfg.transfer_windows)
+    window_rows = round(labelled_windows + transfer_windows)
     all_rows = train_rows + transfer_rows + masked_rows + window_rows
     steps_per_epoch = math.ceil(all_rows / cfg.per_device_train_batch_size)
     steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)
@@ -315,7 +316,9 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
         cached = cfg.cache_teacher_logits and cfg.hidden_loss == "none"  # the hidden loss runs the teacher anyway
         teacher_tokens = (all_rows * tokens if cached else token_count) + views * token_count
         if cfg.fold_teachers:  # the fold teachers label the labelled rows (and views) once more, each its fold
-            teacher_tokens += (train_rows + (masked_rows + window_rows if cfg.cross_fit_views else 0)) * tokens
+            teacher_tokens += (train_rows + (masked_rows + round(labelled_windows) if cfg.cross_fit_views else 0)) * tokens
+        # each ensemble teacher labels the transfer rows and their windows once
+        teacher_tokens += len(cfg.transfer_teacher_list()) * round(transfer_rows + transfer_windows) * tokens
         seconds += teacher_tokens * teacher.forward_s_per_token
     one_run = seconds * OVERHEAD + FIXED_S
     total = one_run

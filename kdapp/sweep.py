@@ -20,7 +20,8 @@ WEIGHT_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", 
 # what only a KD run has: a no-KD point (alpha = 1, no teacher) of a sweep or an app job drops these
 NO_KD_OPTIONS = dict(transfer_data=None, transfer_samples=None, transfer_windows=0, augment_windows=0, augment_masked=0,
                      hidden_loss="none", teacher_max_length=None, teacher_precision="auto", mixup_alpha=0.0,
-                     online_mask_prob=0.0, fold_teachers=None, cross_fit_views=False, augment_labels=False)
+                     online_mask_prob=0.0, fold_teachers=None, cross_fit_views=False, augment_labels=False,
+                     transfer_teachers=None)
 
 
 def grid(alphas, temperatures) -> list[tuple[float, float]]:

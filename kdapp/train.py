@@ -23,7 +23,7 @@ from .cache import teacher_fingerprint, teacher_logits
 from .checkpoints import last_trainer_checkpoint, save_run, work_dir, write_json
 from .cls_only import restore_last_layer, use_cls_only
 from .config import FROM_TEACHER, RunConfig, parse_fold
-from .cross_fit import check_fold_teachers, cross_fit_logits, training_rows_outside_fold
+from .cross_fit import check_fold_teachers, cross_fit_logits, ensemble_logits, training_rows_outside_fold
 from .data import load_splits, load_transfer_texts
 from .distill import IGNORE, DistillationTrainer
 from .dropout import restore_dropout, use_fast_dropout
@@ -156,7 +156,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         teacher = teacher.to(dtype=teacher_dtype)
     if cfg.last_layer_cls_only():  # the teacher's logits too (a copy when it went int8 or bf16 above)
         use_cls_only(teacher)
-    cache, cache_hit, cross_fit = None, False, None
+    cache, cache_hit, cross_fit, transfer_ensemble = None, False, None, None
     if cfg.cache_teacher_logits and cfg.alpha < 1.0:
         teacher.to("cuda" if use_cuda else "cpu")
         teacher_ids = train_ds["input_ids"]
@@ -171,6 +171,13 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
                 if cfg.cross_fit_views else None
             cache, cross_fit = _cross_fit(cfg, folds, cache, teacher_ids[:len(splits["train"])],
                                           splits["train"]["label"], tokenizer, views_of)
+        if cfg.transfer_teachers:  # the transfer rows and their windows labelled by an ensemble
+            rows = [*range(len(splits["train"]), len(train_rows)),
+                    *range(len(train_ds) - len(transfer_views), len(train_ds))]
+            cache, transfer_ensemble = ensemble_logits(
+                cache, rows, [teacher_ids[i] for i in rows], tokenizer.pad_token_id or 0,
+                _load_teachers(cfg.transfer_teacher_list(), cfg, tokenizer), cfg.per_device_eval_batch_size)
+            transfer_ensemble["transfer_teachers"] = cfg.transfer_teacher_list()
         if cfg.hidden_loss == "none" and not (cfg.mixup_alpha or cfg.online_mask_prob):  # no on-the-fly use
             teacher.to("cpu")
     args = _training_args(cfg, out, remove_unused_columns=False, amp=amp)
@@ -185,7 +192,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
             "transfer_rows": transfer_rows, "transfer_window_rows": len(transfer_views), "augment_rows": augment_rows,
             "augment_targets": _augment_targets(cfg),
             "student_layer_map": layer_map, "teacher_logits_cached": cache is not None,
-            "teacher_logits_cache_hit": cache_hit, "cross_fit": cross_fit, "max_length_effective": max_length,
+            "teacher_logits_cache_hit": cache_hit, "cross_fit": cross_fit, "transfer_ensemble": transfer_ensemble,
+            "max_length_effective": max_length,
             "teacher_max_length_effective": teacher_length if cfg.alpha < 1.0 else None,
             "teacher_precision_effective": _teacher_precision(cfg, use_cuda, amp),
             "mixed_precision_effective": _amp_name(amp),
@@ -208,16 +216,24 @@ def _cross_fit(cfg: RunConfig, folds, cache: torch.Tensor, ids, labels, tokenize
     """The cache with the labelled rows (and views, see cross_fit_logits) relabelled by the fold teachers
     (kdapp/cross_fit.py), and what they did."""
     folders, n_folds = folds
-    teachers = []
-    for folder, k in folders:
-        model, fold_tok = load_pair(folder)
-        check_same_tokenizer(fold_tok, tokenizer)
-        if cfg.last_layer_cls_only():
-            use_cls_only(model)
-        teachers.append((model.to("cuda" if torch.cuda.is_available() else "cpu"), k))
+    models = _load_teachers([f for f, _ in folders], cfg, tokenizer)
+    teachers = [(model, k) for model, (_, k) in zip(models, folders, strict=True)]
     cache, info = cross_fit_logits(cache, list(ids), list(labels), tokenizer.pad_token_id or 0, teachers, n_folds,
                                    cfg.per_device_eval_batch_size, views)
     return cache, info | {"fold_teachers": [str(f) for f, _ in folders]}
+
+
+def _load_teachers(folders: list[str], cfg: RunConfig, tokenizer) -> list[torch.nn.Module]:
+    """Further teachers (fold teachers, an ensemble) in fp32 on the run's device, each checked to share the
+    student's tokenizer, with the last layer at [CLS] only where the run does that."""
+    models = []
+    for folder in folders:
+        model, own_tok = load_pair(folder)
+        check_same_tokenizer(own_tok, tokenizer)
+        if cfg.last_layer_cls_only():
+            use_cls_only(model)
+        models.append(model.to("cuda" if torch.cuda.is_available() else "cpu"))
+    return models
 
 
 def _view_targets(cfg: RunConfig, rate: float) -> str | None:

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from conftest import tiny_bert
 from kdapp.cache import row_keys, teacher_fingerprint
 from kdapp.config import FROM_TEACHER, RunConfig, parse_fold
-from kdapp.cross_fit import cross_fit_logits, fold_rows, training_rows_outside_fold
-from kdapp.data import load_splits
+from kdapp.cross_fit import cross_fit_logits, ensemble_logits, fold_rows, training_rows_outside_fold
+from kdapp.data import load_splits, load_transfer_texts
 from kdapp.encoding import encode
 from kdapp.inference import logits_from_ids
 from kdapp.models import load_pair
@@ -95,6 +95,29 @@ def test_cross_fit_views_need_fold_teachers():
         RunConfig(kind="distill", teacher="t", cache_teacher_logits=True, cross_fit_views=True)
 
 
+def test_ensemble_logits_put_the_teachers_mean_on_the_given_rows_only(tokenizer):
+    ids = encode(tokenizer, ["the movie was great", "awful", "good and dull"], 16)
+    teachers = [tiny_bert(seed=k).eval() for k in range(3)]
+    cache = torch.randn(7, 2)  # 4 labelled rows, then the 3 transfer rows
+    out, info = ensemble_logits(cache, [4, 5, 6], ids, tokenizer.pad_token_id, teachers)
+    each = torch.stack([torch.from_numpy(logits_from_ids(m, ids, tokenizer.pad_token_id)) for m in teachers])
+    assert torch.allclose(out[4:], each.mean(0), atol=1e-5)
+    assert not torch.allclose(out[4:], each[0], atol=1e-3)  # the mean, not one teacher's logits
+    assert torch.equal(out[:4], cache[:4])
+    assert (info["teachers"], info["rows"]) == (3, 3)
+    assert info["agreement_with_teacher"] == pytest.approx(
+        float((out[4:].argmax(-1) == cache[4:].argmax(-1)).float().mean()), abs=1e-4)
+    assert ensemble_logits(cache, [], [], tokenizer.pad_token_id, teachers)[1]["rows"] == 0
+
+
+@pytest.mark.parametrize("kw", [dict(transfer_data=None), dict(cache_teacher_logits=False),
+                                dict(hidden_loss="cosine"), dict(transfer_teachers=" , ")])
+def test_transfer_teachers_need_a_transfer_set_and_the_logit_cache(kw):
+    with pytest.raises(ValueError, match="transfer_teachers"):
+        RunConfig(kind="distill", teacher="t", **({"transfer_teachers": "a,b", "transfer_data": "rest",
+                                                   "cache_teacher_logits": True} | kw))
+
+
 @pytest.fixture(scope="module")
 def fold_runs(tmp_path_factory, teacher_dir, reviews_parquet):
     """A teacher and two fold teachers (0/2, 1/2) trained on the same 48 rows; cwd holds the logit cache."""
@@ -154,6 +177,45 @@ def test_student_learns_each_view_from_the_fold_teacher_that_held_its_review_out
         assert len(stored["keys"]) >= 24 + 20  # 24 reviews and their copies (a copy may equal its review)
     without = distill_student(RunConfig(output_dir=str(path / "no-views"), **common))
     assert "view_rows" not in json.loads((without.output_dir / "run_config.json").read_text())["meta"]["cross_fit"]
+
+
+def test_transfer_rows_learn_from_the_ensembles_mean(fold_runs, reviews_parquet, monkeypatch, tmp_path):
+    """--transfer_teachers: the transfer rows' soft targets are the mean of the ensemble's logits; the labelled rows
+    keep the teacher's; each ensemble teacher labels the transfer rows only."""
+    import kdapp.train as train_module
+
+    path, runs = fold_runs
+    monkeypatch.chdir(tmp_path)  # an empty logit cache
+    seen, real = {}, train_module.DistillationTrainer
+
+    def spy(*args, **kwargs):
+        seen["cache"] = kwargs["logit_cache"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "DistillationTrainer", spy)
+    ensemble = [runs["fold0"], runs["fold1"]]
+    cfg = RunConfig(kind="distill", teacher=str(runs["teacher"]), student=FROM_TEACHER, data=str(reviews_parquet),
+                    output_dir=str(path / "ensemble"), cache_teacher_logits=True, transfer_data="rest",
+                    transfer_samples=8, transfer_teachers=",".join(map(str, ensemble)), **FAST)
+    result = distill_student(cfg)
+    assert result.status == "done", result.message
+    meta = json.loads((result.output_dir / "run_config.json").read_text())["meta"]
+    assert meta["transfer_ensemble"]["rows"] == 8 and meta["transfer_ensemble"]["teachers"] == 2
+    assert meta["transfer_ensemble"]["transfer_teachers"] == [str(r) for r in ensemble]
+    teacher, tok = load_pair(str(runs["teacher"]))
+    texts = load_transfer_texts("rest", str(reviews_parquet), 48, 8)
+    transfer_ids, labelled_ids = encode(tok, texts, 32), encode(tok, load_splits(str(reviews_parquet), None, 48)
+                                                                ["train"]["text"], 32)
+    models = [load_pair(str(r))[0].eval() for r in ensemble]
+    mean = torch.stack([torch.from_numpy(logits_from_ids(m, transfer_ids, tok.pad_token_id)) for m in models]).mean(0)
+    cache = seen["cache"]
+    assert len(cache) == 48 + 8
+    assert torch.allclose(cache[48:], mean, atol=1e-4)
+    own = torch.from_numpy(logits_from_ids(teacher.eval(), labelled_ids, tok.pad_token_id))
+    assert torch.allclose(cache[:48], own, atol=1e-4)  # the labelled rows keep the teacher's soft targets
+    for model in models:  # each ensemble teacher's cache file: the transfer rows and nothing else
+        stored = load_file(tmp_path / "checkpoints" / ".cache" / "logits" / f"{teacher_fingerprint(model)}.safetensors")
+        assert {k.tobytes() for k in stored["keys"].numpy()} == {k.tobytes() for k in row_keys(transfer_ids)}
 
 
 @pytest.mark.parametrize("which, match", [

@@ -176,6 +176,9 @@ def test_estimate_counts_on_the_fly_views_and_masked_copies(teacher_dir, reviews
     views = dict(fold_teachers="f0,f1", augment_masked=1)  # the fold teachers label the masked copies too
     assert estimate_run(dataclasses.replace(base, cross_fit_views=True, **views)).seconds > \
         estimate_run(dataclasses.replace(base, **views)).seconds
+    transfer = dict(transfer_data="rest", transfer_samples=8, max_train_samples=16)  # the ensemble labels these
+    assert estimate_run(dataclasses.replace(base, transfer_teachers="e0,e1", **transfer)).seconds > \
+        estimate_run(dataclasses.replace(base, **transfer)).seconds
 
 
 def test_estimate_counts_the_windows_that_window_augmentation_adds(tokenizer, teacher_dir, reviews_parquet):

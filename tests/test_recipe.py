@@ -269,11 +269,12 @@ def test_no_kd_options_turn_any_kd_config_into_a_valid_no_kd_one():
 
     kd = RunConfig(kind="distill", teacher="t", max_length=64, transfer_data="rest", augment_windows=1,
                    augment_masked=1, teacher_max_length=128, cache_teacher_logits=True,
-                   teacher_precision="int8")
+                   teacher_precision="int8", transfer_teachers="e0,e1")
     with pytest.raises(ValueError):
         dataclasses.replace(kd, alpha=1.0)
     nokd = dataclasses.replace(kd, alpha=1.0, **NO_KD_OPTIONS)
-    assert (nokd.teacher_max_length, nokd.teacher_precision, nokd.transfer_data) == (None, "auto", None)
+    assert (nokd.teacher_max_length, nokd.teacher_precision, nokd.transfer_data, nokd.transfer_teachers) == \
+        (None, "auto", None, None)
 
 
 def test_no_kd_mixup_control_runs_without_a_teacher(tmp_path, teacher_dir, reviews_parquet):

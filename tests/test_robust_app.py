@@ -259,12 +259,17 @@ def test_holdout_fold_and_fold_teachers_reach_the_runs(runs, tmp_path, reviews_p
         (2, folds)
     assert nokd.run_config["fold_teachers"] is None and nokd.run_config["meta"]["cross_fit"] is None
     fresh = build_app(JobRegistry(), tmp_path / "ckpt-views")  # its runs list holds this job's runs only
+    extra = tmp_path / "extra.txt"  # unlabelled reviews, one per line: a transfer set the fold teachers never saw
+    extra.write_text("".join(f"a {w} film, {w} acting\n" for w in ("fine", "dull", "grand", "weak")))
     kd, nokd = kd_and_nokd_runs(fresh, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
                                 fold_teachers=",".join(folds), augment_masked=1, cross_fit_views=True,
-                                augment_labels=True)
+                                augment_labels=True, transfer_data=str(extra), transfer_teachers=",".join(folds))
     assert kd.run_config["cross_fit_views"] and kd.run_config["meta"]["cross_fit"]["view_rows"] > 0
     assert kd.run_config["augment_labels"] and kd.run_config["meta"]["augment_targets"] == "labels+teacher"
+    assert kd.run_config["meta"]["transfer_ensemble"]["rows"] == 4
+    assert kd.run_config["transfer_teachers"] == ",".join(folds)
     assert not nokd.run_config["cross_fit_views"] and not nokd.run_config["augment_labels"]
+    assert nokd.run_config["transfer_teachers"] is None and nokd.run_config["meta"]["transfer_ensemble"] is None
 
 
 def test_teacher_and_student_with_different_tokenizers(runs, tmp_path, reviews_parquet):

@@ -26,6 +26,11 @@ PRESET_FIELDS = ("num_train_epochs", "learning_rate", "warmup_steps", "truncatio
                  "transfer_windows", "augment_labels")
 
 
+def model_names(ctx, folders: str | None) -> str | None:
+    """A comma-separated list of model folders as the run gets it (each through ctx.model_name), None if empty."""
+    return ",".join(ctx.model_name(f.strip()) for f in (folders or "").split(",") if f.strip()) or None
+
+
 def recipe_preset(scale: str) -> dict:
     """kdapp's distillation recipe (benchmarks/accuracy.py at CPU scale; README's full-IMDb command on a GPU).
 
@@ -136,6 +141,11 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                                          label="Windows and masked copies carry their review's label too",
                                          info="CE on the label besides the teacher's soft targets (default: the "
                                               "soft targets only)")
+            transfer_teachers = gr.Textbox("", label="Transfer-set teachers (an ensemble; comma-separated folders)",
+                                           info="their mean logits label the transfer reviews and their windows "
+                                                "instead of the teacher's, e.g. the fold teachers (needs a transfer "
+                                                "set and the logit cache)",
+                                           elem_id="distill_transfer_teachers")
             mixed_precision = mixed_precision_radio("distill")
             run_name = gr.Textbox("", label="Run name (empty = automatic)")
     password = password_box(ctx, "distill")
@@ -151,7 +161,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             hidden_loss, hidden_loss_weight, cache_logits, augment, augment_masked, max_steps, logging_steps,
             eval_strategy, seed, threads, run_name, attention_dropout, teacher_max_length, teacher_precision,
             mixup_alpha, online_mask_prob, fold_teachers, mixed_precision, transfer_windows, cross_fit_views,
-            augment_labels]
+            augment_labels, transfer_teachers]
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
@@ -161,7 +171,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                       logging_steps, eval_strategy, seed, num_threads, run_name, attention_dropout=None,
                       teacher_max_length=None, teacher_precision="auto", mixup_alpha=0.0, online_mask_prob=0.0,
                       fold_teachers="", mixed_precision="auto", transfer_windows=0, cross_fit_views=False,
-                      augment_labels=False, password=""):
+                      augment_labels=False, transfer_teachers="", password=""):
         """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
         ctx.unlock(password)
         from_teacher = student_source != OTHER_LABEL
@@ -185,8 +195,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             run_name=(run_name or "").strip() or None, attention_dropout=as_float(attention_dropout),
             teacher_max_length=as_int(teacher_max_length), teacher_precision=teacher_precision or "auto",
             mixup_alpha=as_float(mixup_alpha) or 0.0, online_mask_prob=as_float(online_mask_prob) or 0.0,
-            fold_teachers=",".join(ctx.model_name(f.strip()) for f in (fold_teachers or "").split(",") if f.strip())
-            or None, cross_fit_views=bool(cross_fit_views), augment_labels=bool(augment_labels),
+            fold_teachers=model_names(ctx, fold_teachers), cross_fit_views=bool(cross_fit_views),
+            augment_labels=bool(augment_labels), transfer_teachers=model_names(ctx, transfer_teachers),
             mixed_precision=mixed_precision or "auto")
         cfg = build_config("distill", ctx.root, **values)
         stages = [Stage("KD student" if cfg.alpha < 1 else "no-KD student", distill_student, cfg)]
