@@ -708,7 +708,7 @@ def ensemble_lines(rows: list[dict], labels: np.ndarray) -> list[str]:
         if not all(f.is_file() for f in files):
             continue
         accuracy = float((np.mean([np.load(f) for f in files], axis=0).argmax(-1) == labels).mean())
-        agreement = ", ".join(f"{100 * info['agreement_with_teacher']:.2f} %" for _, info in runs)
+        agreement = ", ".join(sorted({f"{100 * info['agreement_with_teacher']:.2f} %" for _, info in runs}))
         lines += ["", f"{', '.join(name for name, _ in runs)}: the {runs[0][1]['rows']:,} transfer rows labelled by "
                       f"the mean logits of {len(folders)} teachers ({', '.join(Path(f).name for f in folders)}), "
                       f"which score {100 * accuracy:.2f} % on the validation rows together; they pick the kdapp "

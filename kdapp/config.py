@@ -249,10 +249,10 @@ class RunConfig:
         return f"{self.kind}-{slug}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def fold_teacher_list(self) -> list[str]:
-        return _folders(self.fold_teachers)
+        return split_folders(self.fold_teachers)
 
     def transfer_teacher_list(self) -> list[str]:
-        return _folders(self.transfer_teachers)
+        return split_folders(self.transfer_teachers)
 
     def last_layer_cls_only(self) -> bool:
         """Whether the run computes its models' last layer at [CLS] only: asked for, and no hidden-state loss reads
@@ -285,7 +285,7 @@ class RunConfig:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def _folders(value: str | None) -> list[str]:
+def split_folders(value: str | None) -> list[str]:
     """The folders of a comma-separated list (empty items dropped)."""
     return [x.strip() for x in (value or "").split(",") if x.strip()]
 

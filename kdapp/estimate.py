@@ -316,7 +316,8 @@ def estimate_run(cfg: RunConfig, extra_nokd: bool = False) -> Estimate:
         cached = cfg.cache_teacher_logits and cfg.hidden_loss == "none"  # the hidden loss runs the teacher anyway
         teacher_tokens = (all_rows * tokens if cached else token_count) + views * token_count
         if cfg.fold_teachers:  # the fold teachers label the labelled rows (and views) once more, each its fold
-            teacher_tokens += (train_rows + (masked_rows + round(labelled_windows) if cfg.cross_fit_views else 0)) * tokens
+            views_of_reviews = masked_rows + round(labelled_windows) if cfg.cross_fit_views else 0
+            teacher_tokens += (train_rows + views_of_reviews) * tokens
         # each ensemble teacher labels the transfer rows and their windows once
         teacher_tokens += len(cfg.transfer_teacher_list()) * round(transfer_rows + transfer_windows) * tokens
         seconds += teacher_tokens * teacher.forward_s_per_token

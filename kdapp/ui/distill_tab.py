@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..config import FROM_TEACHER, RunConfig
+from ..config import FROM_TEACHER, RunConfig, split_folders
 from ..jobs import Stage
 from ..sweep import NO_KD_OPTIONS
 from ..train import distill_student
@@ -28,7 +28,7 @@ PRESET_FIELDS = ("num_train_epochs", "learning_rate", "warmup_steps", "truncatio
 
 def model_names(ctx, folders: str | None) -> str | None:
     """A comma-separated list of model folders as the run gets it (each through ctx.model_name), None if empty."""
-    return ",".join(ctx.model_name(f.strip()) for f in (folders or "").split(",") if f.strip()) or None
+    return ",".join(ctx.model_name(f) for f in split_folders(folders)) or None
 
 
 def recipe_preset(scale: str) -> dict:
