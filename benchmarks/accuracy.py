@@ -330,6 +330,16 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                                                               transfer_teachers=fold_teachers8, seed=seed, **COMMON,
                                                               **KDAPP_STUDENT))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        # the transfer set at its largest: every training review after the labelled 2,000 (20,500), the teacher's
+        # soft targets only; does a 3-layer student get closer to its teacher given ten times the transfer reviews?
+        **{f"kd-transfer-all-masked-windows{sfx}": ("kd-transfer-masked-windows with every further training review "
+                                                    "(20,500) as the transfer set"
+                                                    + (f", seed {seed}" if sfx else ""),
+                                                    RunConfig(kind="distill", teacher=t_kdapp, **STUDENT,
+                                                              **dict(TRANSFER_MASKED, transfer_samples=None),
+                                                              augment_windows=2, seed=seed, **COMMON,
+                                                              **KDAPP_STUDENT))
+           for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         **{f"nokd-masked-windows-3ep{sfx}": ("control: nokd-masked-windows, 3 epochs"
                                              + (f", seed {seed}" if sfx else ""),
                                              RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0,
@@ -500,6 +510,8 @@ CFV_TUNED_PAIRS = (*((f"kd-masked-windows-cfv-{tag}", other) for tag in ("t1", "
                    ("kd-masked-windows-cfv8", "nokd-masked-windows"),
                    ("kd-masked-windows-cfv8", "kd-masked-windows-cfv"),
                    *(("kd-transfer-masked-windows-ens8", other)
+                     for other in ("nokd", "nokd-masked-windows", "kd-transfer-masked-windows")),
+                   *(("kd-transfer-all-masked-windows", other)
                      for other in ("nokd", "nokd-masked-windows", "kd-transfer-masked-windows")))
 SEED_GAPS = (("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"), ("kd-crossfit", "nokd"),
              ("kd-pretrained", "nokd-pretrained"), ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
