@@ -55,9 +55,9 @@ from kdapp.config import FROM_TEACHER, RunConfig
 from kdapp.data import load_splits
 from kdapp.encoding import review_windows, tokenize_dataset
 from kdapp.evaluation import score
-from kdapp.inference import logits_from_ids
+from kdapp.inference import logits_from_ids, prepare_model
 from kdapp.metrics import classification_metrics, paired_difference, softmax
-from kdapp.models import load_pair, load_tokenizer
+from kdapp.models import load_pair, load_tokenizer, resolve
 from kdapp.train import augment_views, distill_student, train_teacher
 
 DATA = "../shared/data/imdb/train.parquet"
@@ -309,6 +309,7 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
            for tag, what, options, schedule in (("t1", "temperature 1", dict(temperature=1.0), {}),
                                                 ("a3", "alpha 0.3", dict(alpha=0.3), {}),
                                                 ("3ep", "3 epochs", {}, dict(num_train_epochs=3.0)),
+                                                ("5ep", "5 epochs", {}, dict(num_train_epochs=5.0)),
                                                 ("al", "the views carry their review's label too",
                                                  dict(augment_labels=True), {}))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
@@ -340,11 +341,24 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                                                               augment_windows=2, seed=seed, **COMMON,
                                                               **KDAPP_STUDENT))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
-        **{f"nokd-masked-windows-3ep{sfx}": ("control: nokd-masked-windows, 3 epochs"
-                                             + (f", seed {seed}" if sfx else ""),
-                                             RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0,
-                                                       augment_masked=1, augment_mask_prob=0.15, augment_windows=2,
-                                                       seed=seed, **COMMON, **KDAPP_STUDENT_3EP))
+        **{f"nokd-masked-windows-{epochs}ep{sfx}": (f"control: nokd-masked-windows, {epochs} epochs"
+                                                     + (f", seed {seed}" if sfx else ""),
+                                                     RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0,
+                                                               augment_masked=1, augment_mask_prob=0.15,
+                                                               augment_windows=2, seed=seed, **COMMON,
+                                                               **dict(KDAPP_STUDENT, num_train_epochs=float(epochs))))
+           for epochs in (3, 5) for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        # more held-out views per labelled review: three masked copies instead of one (the fold teachers label each),
+        # with the control given the same copies with their reviews' labels
+        **{f"{name}{sfx}": (what + (f", seed {seed}" if sfx else ""),
+                            RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **options, augment_masked=3,
+                                      augment_mask_prob=0.15, augment_windows=2, seed=seed, **COMMON,
+                                      **KDAPP_STUDENT))
+           for name, what, options in (
+               ("kd-masked3-windows-cfv", "kd-masked-windows-cfv with three masked copies of each labelled review",
+                dict(KD, fold_teachers=fold_teachers, cross_fit_views=True)),
+               ("nokd-masked3-windows", "control: nokd-masked-windows with three masked copies of each labelled "
+                "review", dict(alpha=1.0)))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         # the students of teacher-aug: the best recipes and their controls, each student made from its layers
         **{f"{name}-taug{sfx}": (f"{what}; teacher-aug as the teacher" + (f", seed {seed}" if sfx else ""),
@@ -374,6 +388,14 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
 BOOKKEEPING = {"output_dir", "run_name", "overwrite", "resume", "num_threads", "logging_steps", "save_steps",
                "report_to", "meta", "kind"}
 BEFORE_FIELD = {"fast_dropout": False}  # what a run made before the field existed did
+
+
+def scored(folder: Path) -> bool:
+    """A finished run to report: a complete checkpoint, or the record of a run trained on another machine whose weights
+    stayed there (its run_config.json, metrics.json and validation logits: what accuracy_parallel.py's runs on a GPU
+    box bring back)."""
+    return is_complete(folder) or all((folder / f).is_file()
+                                      for f in ("run_config.json", "metrics.json", "validation_logits.npy"))
 
 
 def same_settings(folder: Path, cfg: RunConfig) -> bool:
@@ -410,7 +432,7 @@ def validation_logits(folder: Path, texts, labels, cfg: RunConfig, max_length: i
         if len(logits) == len(labels):
             return logits
     model, tokenizer = load_pair(str(folder))
-    _, logits = score(model, tokenizer, texts, labels, max_length, 64, cfg.truncation,
+    _, logits = score(prepare_model(model), tokenizer, texts, labels, max_length, 64, cfg.truncation,
                       cfg.resolved_head_tokens(max_length), windows=windows)
     np.save(path, logits, allow_pickle=False)
     return logits
@@ -420,7 +442,7 @@ def teacher_fit(table: dict) -> dict | None:
     """How the kdapp teacher's outputs on its own 2,000 training reviews compare with those on the validation rows:
     how much its soft targets there can say beyond the labels."""
     folder, cfg = ROOT / "teacher", table["teacher"][1]
-    if not is_complete(folder):
+    if not is_complete(folder) and not (scored(folder) and (folder / "train_logits.npy").is_file()):
         return None
     splits = load_splits(DATA, None, cfg.max_train_samples)
     out = {}
@@ -507,6 +529,12 @@ CFV_TUNED_PAIRS = (*((f"kd-masked-windows-cfv-{tag}", other) for tag in ("t1", "
                    ("kd-masked-windows-cfv-3ep", "nokd-masked-windows"),  # the control's better schedule
                    ("kd-masked-windows-cfv-3ep", "kd-masked-windows-cfv"),
                    ("nokd-masked-windows-3ep", "nokd-masked-windows"),
+                   ("kd-masked-windows-cfv-5ep", "nokd-masked-windows-5ep"),
+                   ("kd-masked-windows-cfv-5ep", "kd-masked-windows-cfv"),
+                   ("nokd-masked-windows-5ep", "nokd-masked-windows"),
+                   ("kd-masked3-windows-cfv", "nokd-masked3-windows"),
+                   ("kd-masked3-windows-cfv", "kd-masked-windows-cfv"),
+                   ("nokd-masked3-windows", "nokd-masked-windows"),
                    ("kd-masked-windows-cfv8", "nokd-masked-windows"),
                    ("kd-masked-windows-cfv8", "kd-masked-windows-cfv"),
                    *(("kd-transfer-masked-windows-ens8", other)
@@ -545,13 +573,13 @@ def report(names: list[str], table: dict, out: Path) -> None:
     for name in names:
         what, cfg = table[name]
         folder = ROOT / name
-        if not is_complete(folder):
+        if not scored(folder):
             continue
         info = load_run_info(folder)
         logits = validation_logits(folder, val["text"], labels, cfg)  # per-row results for the paired tests
         m = classification_metrics(logits, labels)
         correct[name] = logits.argmax(-1) == labels
-        if name in WHOLE_RUNS:
+        if name in WHOLE_RUNS and (is_complete(folder) or (folder / "validation_logits_windows.npy").is_file()):
             whole[name] = validation_logits(folder, val["text"], labels, cfg, windows=True).argmax(-1) == labels
         rows.append({"run": name, "what": what, "accuracy": m["accuracy"], "f1_weighted": m["f1_weighted"],
                      "ece": m["ece"], "accuracy_windows": float(whole[name].mean()) if name in whole else None,
@@ -628,7 +656,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
     run_acc = {r["run"]: r["accuracy"] for r in rows}
 
     lines = [f"Validation: {len(labels)} rows (seed split of {DATA}); 2,000 labelled training reviews; "
-             "max_length 256.", "",
+             f"max_length 256. Trained on: {trained_on(names_done)}.", "",
              "| run | what | accuracy | weighted F1 | ECE | % of teacher | whole review | train time | params |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -653,7 +681,9 @@ def report(names: list[str], table: dict, out: Path) -> None:
     whole_spread = seed_spread(rows, table, "accuracy_windows")
     if whole_diffs:
         t = next((r["accuracy_windows"] for r in rows if r["run"] == "teacher"), None)
-        n = len(review_windows(load_tokenizer(str(ROOT / "teacher")), val["text"], table["teacher"][1].max_length)[0])
+        teacher = ROOT / "teacher"  # a teacher trained elsewhere: the tokenizer it was made with
+        tokenizer = load_tokenizer(str(teacher) if is_complete(teacher) else resolve(table["teacher"][1].model))
+        n = len(review_windows(tokenizer, val["text"], table["teacher"][1].max_length)[0])
         lines += ["", f"Each review read whole (`evaluate --windows`: 256-token windows, half overlapping, logits "
                       f"averaged; the same models and rows: {n:,} windows for the {len(labels):,} reviews, "
                       f"{n / len(labels):.2f} per review)" + (f": the teacher {100 * t:.2f} %" if t else "")
@@ -704,6 +734,18 @@ def report(names: list[str], table: dict, out: Path) -> None:
                                                     "paired_whole_review": whole_diffs,
                                                     "seed_spread_whole_review": whole_spread,
                                                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+
+
+def trained_on(names: list[str]) -> str:
+    """The devices (and mixed precision) the runs' metadata names, with how many runs each."""
+    seen: dict[str, int] = {}
+    for name in names:
+        meta = load_run_info(ROOT / name).run_config.get("meta") or {}
+        if meta.get("device"):
+            amp = meta.get("mixed_precision_effective")
+            where = meta["device"] + (f", {amp} mixed precision" if amp and amp != "fp32" else "")
+            seen[where] = seen.get(where, 0) + 1
+    return "; ".join(f"{where} ({n} runs)" for where, n in seen.items()) or "not recorded"
 
 
 def ensemble_lines(rows: list[dict], labels: np.ndarray) -> list[str]:
@@ -771,7 +813,7 @@ def runs_not_here(out: Path, table: dict, training: list[str]) -> list[str]:
     if not path.is_file():
         return []
     saved = [r["run"] for r in json.loads(path.read_text()).get("rows", [])]
-    return [r for r in saved if r in table and r not in training and not is_complete(ROOT / r)]
+    return [r for r in saved if r in table and r not in training and not scored(ROOT / r)]
 
 
 def _seconds(value) -> str:
@@ -779,8 +821,14 @@ def _seconds(value) -> str:
 
 
 def main() -> None:
+    global ROOT
+    where = argparse.ArgumentParser(add_help=False)  # before the table: the teachers' folders are under it
+    where.add_argument("--checkpoints", default=str(ROOT),
+                       help=f"the runs' folders (default {ROOT}); for --report_only, runs trained on another machine "
+                            "count with their run_config.json, metrics.json and validation_logits.npy alone")
+    ROOT = Path(where.parse_known_args()[0].checkpoints)
     table = runs()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[where])
     parser.add_argument("--runs", nargs="+", choices=list(table), default=list(table), help="runs to train/reuse")
     parser.add_argument("--num_threads", type=int, help="torch threads per run (default: all cores)")
     parser.add_argument("--report_only", action="store_true", help="only score and tabulate finished runs")
