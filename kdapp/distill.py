@@ -91,7 +91,8 @@ class DistillationTrainer(Trainer):
     """Trainer whose compute_loss adds the teacher's soft targets (computed on the fly, or read from a cache)."""
 
     # compute_loss returns a per-batch mean: the Trainer must divide it by the gradient-accumulation steps (with
-    # the default None it assumes a loss normalised by num_items_in_batch and skips the division)
+    # the default None it assumes a loss normalised by num_items_in_batch and skips the division). transformers
+    # before 5.24 has no such attribute and decides by model_accepts_loss_kwargs alone (set False in __init__)
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, teacher=None, alpha: float = 0.5, temperature: float = 2.0,
@@ -99,6 +100,7 @@ class DistillationTrainer(Trainer):
                  teacher_dtype: torch.dtype | None = None, mixup_alpha: float = 0.0, online_mask_prob: float = 0.0,
                  **kwargs):
         super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # compute_loss never reads num_items_in_batch
         self.alpha, self.temperature = alpha, temperature
         self.hidden_loss, self.hidden_loss_weight = hidden_loss, hidden_loss_weight
         self.logit_cache = logit_cache  # (N, num_labels) float tensor indexed by the dataset's `idx` column
