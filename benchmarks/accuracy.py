@@ -539,6 +539,8 @@ CFV_TUNED_PAIRS = (*((f"kd-masked-windows-cfv-{tag}", other) for tag in ("t1", "
                    ("kd-masked-windows-cfv-5ep", "kd-masked-windows-cfv"),
                    ("nokd-masked-windows-5ep", "nokd-masked-windows"),
                    ("kd-masked3-windows-cfv", "nokd-masked3-windows"),
+                   ("kd-masked3-windows-cfv", "nokd-masked-windows"),  # the no-KD student's better row count
+                   ("kd-masked3-windows-cfv", "nokd"),
                    ("kd-masked3-windows-cfv", "kd-masked-windows-cfv"),
                    ("nokd-masked3-windows", "nokd-masked-windows"),
                    ("kd-masked-windows-cfv8", "nokd-masked-windows"),
