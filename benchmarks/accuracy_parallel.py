@@ -42,7 +42,8 @@ def launch(names: list[str], args: argparse.Namespace, log: Path) -> subprocess.
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def run_all(groups: list[list[str]], args: argparse.Namespace, logs: Path, deadline: float | None) -> None:
+def run_all(groups: list[list[str]], args: argparse.Namespace, logs: Path, deadline: float | None) -> bool:
+    """Each group's runs in a process of its own, all at once; True when every process succeeded."""
     procs = [(g, launch(g, args, logs / f"{i:02d}-{g[0]}.log")) for i, g in enumerate(groups) if g]
     while any(p.poll() is None for _, p in procs):
         if deadline is not None and time.time() > deadline:
@@ -56,6 +57,7 @@ def run_all(groups: list[list[str]], args: argparse.Namespace, logs: Path, deadl
         time.sleep(2)
     for g, p in procs:
         print(f"exit {p.returncode}: {' '.join(g)}", flush=True)
+    return all(p.returncode == 0 for _, p in procs)
 
 
 def main() -> None:
@@ -73,7 +75,8 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     deadline = t0 + args.stop_after if args.stop_after else None
-    run_all([[name] for name in args.teachers], args, logs, deadline)
+    if not run_all([[name] for name in args.teachers], args, logs, deadline):
+        sys.exit(f"a teacher did not finish (logs in {logs}): the students need them")
     print(f"teachers done in {time.time() - t0:.0f} s", flush=True)
     t1 = time.time()
     run_all([args.students[k::args.procs] for k in range(args.procs)], args, logs, deadline)

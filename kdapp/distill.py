@@ -92,7 +92,7 @@ class DistillationTrainer(Trainer):
 
     # compute_loss returns a per-batch mean: the Trainer must divide it by the gradient-accumulation steps (with
     # the default None it assumes a loss normalised by num_items_in_batch and skips the division). transformers
-    # before 5.24 has no such attribute and decides by model_accepts_loss_kwargs alone (set False in __init__)
+    # 5.17 has no such attribute and decides by model_accepts_loss_kwargs alone (set False in __init__)
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, teacher=None, alpha: float = 0.5, temperature: float = 2.0,
