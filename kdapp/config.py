@@ -64,10 +64,11 @@ class RunConfig:
                                                "(default: the model's own, 0.1 for BERT and DistilBERT). 0 keeps "
                                                "PyTorch's fused attention kernel on CPU: faster steps, but a recipe "
                                                "change (README: Speed, and its accuracy).")
-    fast_dropout: bool = _f(True, "CPU float32 training: draw dropout masks with numpy's PCG64 and run attention "
-                                  "with dropout block by block (kdapp/dropout.py): the same Bernoulli masks, p rounded "
+    fast_dropout: bool = _f(True, "CPU training: draw dropout masks with numpy's PCG64 and run attention with "
+                                  "dropout block by block (kdapp/dropout.py): the same Bernoulli masks, p rounded "
                                   "to 1/65536; one KD epoch took 333 s instead of 401 s on 2 cores (README: Speed). "
-                                  "False: PyTorch's own.")
+                                  "Under bf16 autocast also attention in bf16 matmuls, with or without dropout "
+                                  "(PyTorch's fused kernel has a slow bf16 backward on CPU). False: PyTorch's own.")
     cls_only: bool = _f(True, "Compute the last layer at [CLS] only, the one position a classifier reads (keys and "
                               "values still from every token; kdapp/cls_only.py): the same logits and gradients, a "
                               "quarter less work for a 3-layer student. Off where every position is read (the "

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from .inference import own_precision
+from .inference import own_precision, teacher_forward
 
 IGNORE = -100  # label of transfer-set rows: no CE, KD only
 
@@ -135,10 +135,12 @@ class DistillationTrainer(Trainer):
         if self.alpha < 1.0:
             if self.logit_cache is not None and not want_hidden:
                 teacher_logits = self.logit_cache[idx.cpu()].to(outputs.logits.device)
-            else:
+            elif want_hidden:
                 with torch.no_grad(), own_precision(self.teacher):  # not inference_mode: tensors saved for backward
-                    teacher_out = self.teacher(**inputs, output_hidden_states=want_hidden)
+                    teacher_out = self.teacher(**inputs, output_hidden_states=True)
                 teacher_logits = teacher_out.logits
+            else:  # on CPU the batch's rows side by side, one part per thread (kdapp/inference.py)
+                teacher_logits = teacher_forward(self.teacher, inputs)
         loss, ce, kd = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature)
         if want_hidden:
             pairs = hidden_layer_pairs(len(outputs.hidden_states) - 1, len(teacher_out.hidden_states) - 1)
@@ -166,8 +168,7 @@ class DistillationTrainer(Trainer):
         logits = model(**student_inputs).logits
         if self.alpha == 1.0:
             return label_loss(logits)
-        with torch.no_grad(), own_precision(self.teacher):
-            t_logits = self.teacher(**teacher_inputs).logits
+        t_logits = teacher_forward(self.teacher, teacher_inputs)
         return (1 - self.alpha) * kd_term(logits, t_logits, self.temperature)
 
     def _mixed_view(self, model, inputs: dict, labels: torch.Tensor):

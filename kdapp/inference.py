@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import queue
+import threading
 
 import numpy as np
 import torch
@@ -25,6 +27,11 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 # activations and attention scores of a small batch stay in cache, and the 2-core dev machine classified reviews
 # fastest that way (README: Speed, benchmarks/speed.py --parts batch_tokens). GPUs take the whole batch_size.
 CPU_BATCH_TOKENS = 2048
+# On CPU a long job's batches run side by side, one per intra-op thread, each batch single-threaded: the dev
+# machine's 2 cores labelled 7-10 % more reviews per second that way than with one batch at a time on both (no
+# synchronisation inside each op). Only with at least this many batches per thread, so short jobs (a typed review,
+# a latency measurement) run exactly as before.
+MIN_BATCHES_PER_WORKER = 4
 
 
 def native_bf16() -> bool:
@@ -135,26 +142,129 @@ def own_precision(model):
     return torch.autocast(device.type, enabled=False)
 
 
+def worker_count(device: torch.device | str, n_batches: int, workers: int | str = "auto") -> int:
+    """Threads to run a job's batches on: "auto" is one per intra-op thread on CPU when each gets at least
+    MIN_BATCHES_PER_WORKER batches, 1 otherwise (and on a GPU)."""
+    if workers != "auto":
+        return max(1, int(workers))
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or threads < 2 or n_batches < MIN_BATCHES_PER_WORKER * threads:
+        return 1
+    return threads
+
+
+def row_workers(device: torch.device | str, n_rows: int, workers: int | str = "auto") -> int:
+    """Threads to split one batch's rows over: "auto" is one per intra-op thread on CPU when each gets two rows
+    at least, 1 otherwise (and on a GPU)."""
+    if workers != "auto":
+        return max(1, min(int(workers), n_rows))
+    threads = torch.get_num_threads()
+    return threads if torch.device(device).type == "cpu" and threads >= 2 and n_rows >= 2 * threads else 1
+
+
+def _side_by_side(run, batches: list, n_workers: int, progress=None, grad_mode=torch.inference_mode) -> None:
+    """run(batch) for every batch on n_workers threads, each single-threaded inside (torch.set_num_threads(1) is
+    per thread for the OpenMP pool; the process-wide count is restored after), each under grad_mode() (grad mode
+    is per thread). The first error is raised here, after the other threads have stopped; progress is reported
+    from the calling thread."""
+    threads_before = torch.get_num_threads()
+    todo, lock, stop, done = iter(batches), threading.Lock(), threading.Event(), queue.Queue()
+
+    def work():
+        torch.set_num_threads(1)
+        try:
+            with grad_mode():
+                while not stop.is_set():
+                    with lock:
+                        batch = next(todo, None)
+                    if batch is None:
+                        return
+                    run(batch)
+                    done.put(None)
+        except BaseException as e:  # noqa: BLE001  (handed to the calling thread, raised there)
+            done.put(e)
+
+    workers = [threading.Thread(target=work, name=f"kdapp-infer-{k}", daemon=True) for k in range(n_workers)]
+    for worker in workers:
+        worker.start()
+    try:
+        for n in range(len(batches)):
+            failure = done.get()
+            if failure is not None:
+                raise failure
+            if progress:
+                progress(n + 1, len(batches))
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+        torch.set_num_threads(threads_before)
+
+
 @torch.inference_mode()
 def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 64, progress=None,
-                    cls_only: bool = True, max_tokens: int | str | None = "auto") -> np.ndarray:
+                    cls_only: bool = True, max_tokens: int | str | None = "auto",
+                    workers: int | str = "auto") -> np.ndarray:
     """(N, num_labels) float32 logits for pre-tokenized rows, in input order.
 
     cls_only: a BERT / DistilBERT classifier computes its last layer at [CLS] only (kdapp/cls_only.py: the same
     logits, less work); False runs every position, as the model's own forward does.
     max_tokens: tokens per batch at most, padding included ("auto": CPU_BATCH_TOKENS on CPU; None: batch_size rows
-    whatever their length)."""
+    whatever their length).
+    workers: batches run side by side on this many threads, each single-threaded ("auto": see worker_count; 1: one
+    batch at a time on every intra-op thread). Each row's logits are the same either way up to float rounding."""
     device = model_device(model)
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
     batches = length_batches([len(x) for x in ids], batch_size, batch_tokens(device, max_tokens))
+
+    def run(batch: list[int]) -> None:
+        with own_precision(model):
+            logits = model(**pad_batch([ids[i] for i in batch], pad_id, device)).logits
+        out[batch] = logits.float().cpu().numpy()
+
     with last_layer_cls_only(model, cls_only):
+        n_workers = worker_count(device, len(batches), workers)
+        if n_workers > 1:
+            _side_by_side(run, batches, n_workers, progress)
+            return out
         for n, batch in enumerate(batches):
-            with own_precision(model):
-                logits = model(**pad_batch([ids[i] for i in batch], pad_id, device)).logits
-            out[batch] = logits.float().cpu().numpy()
+            run(batch)
             if progress:
                 progress(n + 1, len(batches))
     return out
+
+
+def teacher_forward(model, inputs: dict, workers: int | str = "auto") -> torch.Tensor:
+    """A teacher's logits for one training batch, without gradients (torch.no_grad: the KD loss may keep them for
+    its backward pass), in the teacher's own precision whatever autocast the caller is under (own_precision).
+
+    On CPU with more than one intra-op thread the batch's rows run side by side in that many parts (row_workers),
+    each single-threaded and cut to its own longest row, as logits_from_ids runs whole batches: the same logits
+    up to float rounding, in the batch's row order. inputs: the model's keyword arguments, (rows, length, ...)
+    tensors right-padded, with an attention_mask."""
+    n_rows = len(inputs["attention_mask"])
+    n_workers = row_workers(model_device(model), n_rows, workers)
+    if n_workers == 1:
+        with torch.no_grad(), own_precision(model):
+            return model(**inputs).logits
+    bounds = np.linspace(0, n_rows, n_workers + 1).astype(int)
+    parts = [_rows(inputs, start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+    logits = [None] * n_workers
+
+    def run(k: int) -> None:
+        with own_precision(model):
+            logits[k] = model(**parts[k]).logits
+
+    _side_by_side(run, list(range(n_workers)), n_workers, grad_mode=torch.no_grad)
+    return torch.cat(logits)
+
+
+def _rows(inputs: dict, start: int, stop: int) -> dict:
+    """Rows start:stop of a right-padded batch, cut to their longest row."""
+    width = int(inputs["attention_mask"][start:stop].sum(-1).max())
+    length = inputs["attention_mask"].shape[1]
+    return {name: (t[start:stop, :width] if t.dim() >= 2 and t.shape[1] == length else t[start:stop])
+            if isinstance(t, torch.Tensor) else t for name, t in inputs.items()}
 
 
 def reading_length(model, max_length: int) -> int:

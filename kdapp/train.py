@@ -242,9 +242,9 @@ def _view_targets(cfg: RunConfig, rate: float) -> str | None:
 
 
 def _dropout_path(cfg: RunConfig, model, amp: torch.dtype | None) -> str:
-    """Switch the trained model to kdapp's CPU dropout when asked, on CPU and in float32 (the path serves float32
-    only: under bf16 autocast PyTorch's dropout runs); what the metadata records."""
-    if not cfg.fast_dropout or torch.cuda.is_available() or amp is not None:
+    """Switch the trained model to kdapp's CPU dropout and attention when asked, on CPU in float32 or under bf16
+    autocast (kdapp/dropout.py); what the metadata records."""
+    if not cfg.fast_dropout or torch.cuda.is_available() or amp not in (None, torch.bfloat16):
         return "torch"
     use_fast_dropout(model)
     return "kdapp-cpu"

@@ -236,6 +236,35 @@ def test_teacher_keeps_its_precision_under_the_students_autocast(tmp_path, token
     assert torch.allclose(seen[0], cache[order], atol=1e-5)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_teacher_rows_side_by_side_give_the_cache_logits_and_a_backward_pass(tmp_path, tokenizer, monkeypatch,
+                                                                             autocast):
+    """On CPU with two threads the on-the-fly teacher runs the batch's rows in two parts side by side: the same
+    logits as the cache in the batch's order, usable in the loss's backward pass (no inference tensors)."""
+    import kdapp.distill as kd
+    import kdapp.inference as kinf
+    teacher = confident_teacher(seed=11)
+    ds = _train_ds(tokenizer)
+    cache, _ = teacher_logits(teacher, ds["input_ids"], tokenizer.pad_token_id, cache_dir=None)
+    seen, parts = [], []
+    monkeypatch.setattr(kd, "distillation_loss", lambda s, t, *a: seen.append(t) or distillation_loss(s, t, *a))
+    monkeypatch.setattr(kinf, "row_workers", lambda device, n_rows, workers="auto": 2)
+    real_rows = kinf._rows
+    monkeypatch.setattr(kinf, "_rows", lambda inputs, a, b: parts.append(real_rows(inputs, a, b)) or parts[-1])
+    trainer = _trainer(tmp_path, tokenizer, teacher, alpha=0.5)
+    order = [3, 17, 0, 9, 21, 4, 11]
+    batch = DataCollatorWithPadding(tokenizer)([ds[i] for i in order])
+    trainer.model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    assert [len(p["input_ids"]) for p in parts] == [3, 4]
+    assert all(p["input_ids"].shape[1] == int(p["attention_mask"].sum(-1).max()) for p in parts)  # own padding
+    assert seen[0].dtype == torch.float32 and torch.allclose(seen[0], cache[order], atol=1e-5)
+    assert all(p.grad is not None for p in trainer.model.parameters() if p.requires_grad)
+    assert torch.get_num_threads() == 1
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer):
     """The KD loss is a per-batch mean: with accumulation it must be divided by the number of micro-batches."""
     def run(batch, accumulate):

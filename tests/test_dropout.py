@@ -1,4 +1,5 @@
-"""kdapp's CPU dropout: the same masks' statistics, exact attention math and gradients, and a clean swap in and out."""
+"""kdapp's CPU dropout and attention: the same masks' statistics, exact attention math and gradients (float32 and
+bf16), the routing, and a clean swap in and out."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -70,8 +71,86 @@ def test_fast_dropout_scales_the_kept_elements_and_its_gradient():
     y.sum().backward()
     assert torch.equal(x.grad != 0, kept)  # no gradient through a dropped element
     assert kd.dropout(x, 0.25, training=False) is x and kd.dropout(x, 0.0) is x
-    bf16 = torch.ones(50, 40, dtype=torch.bfloat16)  # other dtypes: PyTorch's dropout, dtype kept
-    assert kd.dropout(bf16, 0.25).dtype == torch.bfloat16
+    half = torch.ones(50, 40, dtype=torch.float16)  # other dtypes: PyTorch's dropout, dtype kept
+    assert kd.dropout(half, 0.25).dtype == torch.float16
+
+
+def test_bf16_dropout_draws_the_float32_masks_and_scales_its_gradient():
+    torch.manual_seed(7)
+    want = kd.dropout(torch.ones(300, 200), 0.1) != 0
+    torch.manual_seed(7)  # the same seed: the same draws, applied as a bool mask
+    x = torch.full((300, 200), 3.0, dtype=torch.bfloat16, requires_grad=True)
+    y = kd.dropout(x, 0.1)
+    assert y.dtype == torch.bfloat16 and torch.equal(y != 0, want)
+    assert torch.equal(y[want], torch.full_like(y[want], 3.0 / 0.9))  # one rounding of x / (1 - p)
+    y.float().sum().backward()
+    assert torch.equal(x.grad[want], torch.full_like(x.grad[want], 1 / 0.9)) and not x.grad[~want].any()
+
+
+def reference_probs_attention(q, k, v, mask, keep, p, scale):
+    """The textbook formula with an additive mask, in the inputs' dtype step by step."""
+    scores = (q * scale) @ k.transpose(-1, -2)
+    if mask is not None:
+        scores = scores + torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, torch.finfo(q.dtype).min)
+    probs = scores.softmax(-1)
+    return (probs * keep / (1 - p) if keep is not None else probs) @ v
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_whole_attention_passes_gradcheck(p):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 4, 3, dtype=torch.double, requires_grad=True) for _ in range(3))
+    bias = torch.zeros(2, 2, 4, 4, dtype=torch.double)
+    bias[1, :, :, 3] = -1e9  # a padded key
+
+    def f(q, k, v):
+        torch.manual_seed(3)  # the same mask on every call
+        return kd._WholeAttention.apply(q, k, v, bias, p, 0.7)
+
+    assert torch.autograd.gradcheck(f, (q, k, v))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_bf16_attention_matches_the_formula_in_float32(p):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 9, 8).bfloat16().requires_grad_() for _ in range(3))
+    mask = torch.ones(3, 1, 9, 9, dtype=torch.bool)
+    mask[1, :, :, 5:] = False
+    grad = torch.randn(3, 4, 9, 8)
+    torch.manual_seed(1)
+    out = kd.attention(q, k, v, mask, p, 8 ** -0.5)
+    assert out.dtype == torch.bfloat16
+    got = torch.autograd.grad(out, (q, k, v), grad.bfloat16())
+    torch.manual_seed(1)
+    keep = kd.keep_mask((3, 4, 9, 9), p, kd.numpy_generator()) if p else None
+    exact = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    ref = reference_probs_attention(*exact, mask, keep, p, 8 ** -0.5)
+    want = torch.autograd.grad(ref, exact, grad)
+    torch.testing.assert_close(out.float(), ref, atol=0.03, rtol=0.02)  # bf16: 8 bits of mantissa
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w, atol=0.06, rtol=0.05)
+
+
+def _route(monkeypatch):
+    calls = []
+    real = kd.attention
+    monkeypatch.setattr(kd, "attention", lambda *a, **k: calls.append((a[0].dtype, a[4])) or real(*a, **k))
+    return calls
+
+
+def test_bf16_training_takes_kdapp_attention_with_or_without_dropout(monkeypatch):
+    calls = _route(monkeypatch)
+    module = torch.nn.Module()
+    module.is_causal = False
+    q, k, v = (torch.randn(2, 2, 5, 4, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    for p in (0.0, 0.1):
+        out, _ = kd.cpu_dropout_attention_forward(module, q, k, v, None, dropout=p)
+        assert out.shape == (2, 5, 2, 4)
+    assert calls == [(torch.bfloat16, 0.0), (torch.bfloat16, 0.1)]
+    with torch.no_grad():  # inference: transformers' sdpa (PyTorch's fused forward)
+        kd.cpu_dropout_attention_forward(module, q, k, v, None, dropout=0.0)
+    kd.cpu_dropout_attention_forward(module, q.float(), k.float(), v.float(), None, dropout=0.0)  # fp32, p = 0
+    assert len(calls) == 2
 
 
 def _bert(seed=0):
@@ -141,3 +220,32 @@ def test_non_cpu_or_no_dropout_calls_go_to_sdpa():
     module.is_causal = False
     out, _ = kd.cpu_dropout_attention_forward(module, q, k, v, None, dropout=0.0)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v).transpose(1, 2))
+
+
+@pytest.mark.parametrize("make", [_bert, tiny_distilbert])
+def test_bf16_autocast_step_matches_pytorchs_own_path(make):
+    """Without dropout the bf16 training step is the stock one up to bf16 rounding: logits and gradients."""
+    ids = torch.randint(5, 20, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    labels = torch.tensor([0, 1, 0, 1])
+    results = []
+    for fast in (False, True):
+        model = make()
+        for module in model.modules():  # every dropout off: the two paths compute the same thing
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model.config.attention_probs_dropout_prob = 0.0
+        if fast:
+            kd.use_fast_dropout(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.train()(input_ids=ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        results.append((out.logits.float(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (stock_logits, stock_grads), (fast_logits, fast_grads) = results
+    torch.testing.assert_close(fast_logits, stock_logits, atol=0.05, rtol=0.05)
+    assert fast_grads.keys() == stock_grads.keys()
+    for name, grad in fast_grads.items():
+        assert torch.isfinite(grad).all(), name
+        cos = F.cosine_similarity(grad.flatten(), stock_grads[name].flatten(), dim=0)
+        assert cos > 0.98 or grad.abs().max() < 1e-6, (name, cos.item())

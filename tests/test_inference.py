@@ -1,5 +1,6 @@
 """The fast inference path: length-sorted batches in input order, int8/bf16 vs fp32, and the teacher-logit cache."""
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ from conftest import VOCAB, make_reviews, tiny_bert
 from kdapp.__main__ import main
 from kdapp.cache import teacher_logits
 from kdapp.encoding import encode, review_windows
+import kdapp.inference as kinf
 from kdapp.inference import (CPU_BATCH_TOKENS, batch_tokens, length_batches, logits_from_ids, pad_batch, predict,
-                              predict_logits, prepare_model)
+                              predict_logits, prepare_model, row_workers, teacher_forward, worker_count)
 
 TEXTS = ["great", "the movie was awful and the plot was boring and dull", "good film",
          "it was a really superb story and the acting was brilliant and i loved it", "bad", "the plot was dull",
@@ -70,6 +72,64 @@ def test_sorted_batches_return_predictions_in_input_order(trained_model, tokeniz
     one_by_one = [predict_logits(trained_model, tokenizer, [t], max_length=32)[0] for t in TEXTS]
     assert batched.shape == (len(TEXTS), 2)
     assert torch.allclose(torch.from_numpy(batched), torch.from_numpy(np.stack(one_by_one)), atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_batches_side_by_side_give_each_row_its_own_logits_in_input_order(trained_model, tokenizer, precision):
+    rows = list(make_reviews(40, seed=5)["text"])
+    ids = encode(tokenizer, rows, 32)
+    model = prepare_model(trained_model, precision, "cpu")
+    progress = []
+    serial = logits_from_ids(model, ids, 0, batch_size=3, workers=1)
+    threaded = logits_from_ids(model, ids, 0, batch_size=3, workers=3, progress=lambda n, total: progress.append(
+        (n, total, threading.current_thread() is threading.main_thread())))
+    n_batches = len(length_batches([len(x) for x in ids], 3))
+    assert n_batches >= 10 and progress == [(n, n_batches, True) for n in range(1, n_batches + 1)]
+    np.testing.assert_allclose(threaded, serial, atol=1e-5)
+    assert torch.get_num_threads() == 1  # the suite's setting (conftest), restored after the workers
+
+
+def test_teacher_forward_in_parts_matches_the_whole_batch_with_ids_or_embeddings(trained_model, tokenizer):
+    ids = encode(tokenizer, TEXTS, 32)
+    batch = pad_batch(ids, 0, "cpu")
+    whole = teacher_forward(trained_model, batch, workers=1)
+    for workers in (2, 3, 8):
+        got = teacher_forward(trained_model, batch, workers=workers)
+        assert not got.is_inference() and not got.requires_grad
+        torch.testing.assert_close(got, whole, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # mixup hands the teacher word embeddings instead of ids
+        embeds = trained_model.get_input_embeddings()(batch["input_ids"])
+    mixed = {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"]}
+    torch.testing.assert_close(teacher_forward(trained_model, mixed, workers=2),
+                               teacher_forward(trained_model, mixed, workers=1), atol=1e-5, rtol=1e-5)
+    assert torch.get_num_threads() == 1
+    assert (row_workers("cpu", 3, workers=8), row_workers("cuda", 64)) == (3, 1)
+
+
+def test_worker_count_runs_long_cpu_jobs_one_batch_per_thread(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    enough = 2 * kinf.MIN_BATCHES_PER_WORKER
+    assert (worker_count("cpu", enough), worker_count("cpu", enough - 1), worker_count("cuda", 10 * enough)) == (2, 1, 1)
+    assert (worker_count("cpu", 1, workers=3), worker_count("cpu", enough, workers=1)) == (3, 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert worker_count("cpu", 100) == 1
+
+
+def test_an_error_in_a_worker_reaches_the_caller_and_threads_are_restored(trained_model, tokenizer, monkeypatch):
+    ids = encode(tokenizer, list(make_reviews(30, seed=6)["text"]), 32)
+    real, calls = kinf.pad_batch, []
+
+    def failing(batch_ids, pad_id, device):
+        calls.append(len(batch_ids))
+        if len(calls) == 4:
+            raise RuntimeError("boom in batch 4")
+        return real(batch_ids, pad_id, device)
+
+    monkeypatch.setattr(kinf, "pad_batch", failing)
+    with pytest.raises(RuntimeError, match="boom in batch 4"):
+        logits_from_ids(trained_model, ids, 0, batch_size=2, workers=2)
+    assert torch.get_num_threads() == 1
+    assert not [t for t in threading.enumerate() if t.name.startswith("kdapp-infer")]  # every worker stopped
 
 
 def test_predict_labels_follow_the_logits(trained_model, tokenizer):

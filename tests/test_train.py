@@ -277,7 +277,8 @@ def test_cpu_bf16_training_runs_student_and_teacher_in_bf16(teacher_run, reviews
     assert seen.dtypes == {torch.bfloat16}  # the student's forward under autocast
     meta = load_run_info(result.output_dir).run_config["meta"]
     assert (meta["mixed_precision_effective"], meta["teacher_precision_effective"]) == ("bf16", "bf16")
-    assert meta["dropout_path"] == "torch"  # kdapp's CPU dropout serves float32 only
+    assert meta["dropout_path"] == "kdapp-cpu"  # kdapp's CPU dropout and bf16 attention
+    assert "kdapp_cpu" not in (result.output_dir / "config.json").read_text()  # loadable without kdapp
     saved = load_file(result.output_dir / "model.safetensors")
     assert {t.dtype for t in saved.values()} == {torch.float32}  # float32 master weights, as saved
     # the cache holds the bf16 teacher's logits, in a file of its own (never mixed with the fp32 teacher's)
