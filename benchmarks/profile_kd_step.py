@@ -1,17 +1,22 @@
 """Where one KD step's time goes: teacher forward, student forward / backward, optimizer.
 
-Four set-ups: attention dropout 0.1 with PyTorch's dropout, 0.1 with kdapp's CPU dropout path (kdapp/dropout.py),
-the same with teacher and student computing their last layer at [CLS] only (kdapp/cls_only.py; both together are
-kdapp's training default), and attention dropout 0 (PyTorch's fused attention kernel; a recipe change).
+Four set-ups in float32: attention dropout 0.1 with PyTorch's dropout, 0.1 with kdapp's CPU dropout path
+(kdapp/dropout.py), the same with teacher and student computing their last layer at [CLS] only (kdapp/cls_only.py;
+both together are kdapp's training default), and attention dropout 0 (PyTorch's fused attention kernel; a recipe
+change). With --bf16 (a CPU with native bf16), the student under bf16 autocast and the teacher in fp32, last layer at
+[CLS] only: attention dropout 0.1 and 0, each with PyTorch's dropout and fused attention and with kdapp's CPU path
+(its dropout masks, attention in bf16 matmuls).
 
 From the repo root, once benchmarks/accuracy.py has made checkpoints/cpu-scale/teacher and .../nokd (the student):
 
     python benchmarks/profile_kd_step.py        # 16 reviews x 256 tokens, mean of 4 steps after 2 warm-up steps
+    python benchmarks/profile_kd_step.py --bf16 --steps 10   # the bf16 set-ups, mean of 8 steps
 
 README (Speed) quotes what it printed on the 2-core dev machine.
 """
 from __future__ import annotations
 
+import argparse
 import time
 
 import kdapp  # noqa: F401  (OMP_WAIT_POLICY before torch)
@@ -30,15 +35,26 @@ DATA = "../shared/data/imdb/train.parquet"
 BATCH, STEPS, WARMUP = 16, 6, 2
 
 
+FP32_SETUPS = ((0.1, "PyTorch", "full"), (0.1, "kdapp CPU", "full"), (0.1, "kdapp CPU", "[CLS] only"),
+               (0.0, "PyTorch", "full"))
+BF16_SETUPS = ((0.1, "PyTorch", "[CLS] only"), (0.1, "kdapp CPU", "[CLS] only"), (0.0, "PyTorch", "[CLS] only"),
+               (0.0, "kdapp CPU", "[CLS] only"))
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bf16", action="store_true", help="the student under bf16 autocast (teacher in fp32)")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"steps per set-up, the first {WARMUP} untimed")
+    args = parser.parse_args()
+    steps = max(args.steps, WARMUP + 1)
     teacher, tokenizer = load_pair(TEACHER)
     teacher.eval()
-    rows = pd.read_parquet(DATA).sample(BATCH * STEPS, random_state=1)
+    rows = pd.read_parquet(DATA).sample(BATCH * steps, random_state=1)
     ids = encode(tokenizer, rows["text"].tolist(), 256, "head_tail", None)
     labels = torch.tensor(rows["label"].to_numpy())
-    print(f"{torch.get_num_threads()} threads, batch {BATCH}, mean of {STEPS - WARMUP} steps (s):")
-    for p, path, last in ((0.1, "PyTorch", "full"), (0.1, "kdapp CPU", "full"), (0.1, "kdapp CPU", "[CLS] only"),
-                          (0.0, "PyTorch", "full")):
+    precision = "student bf16 autocast, teacher fp32" if args.bf16 else "fp32"
+    print(f"{torch.get_num_threads()} threads, {precision}, batch {BATCH}, mean of {steps - WARMUP} steps (s):")
+    for p, path, last in BF16_SETUPS if args.bf16 else FP32_SETUPS:
         student, _ = load_pair(STUDENT)
         set_attention_dropout(student, p)
         if path == "kdapp CPU":
@@ -49,14 +65,16 @@ def main() -> None:
         student.train()
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
         spent = {"teacher forward": 0.0, "student forward": 0.0, "backward": 0.0, "optimizer": 0.0}
-        for step in range(STEPS):
+        for step in range(steps):
             rows_ = slice(step * BATCH, (step + 1) * BATCH)
             batch = pad_batch(ids[rows_], tokenizer.pad_token_id or 0, "cpu")
             t0 = time.perf_counter()
             with torch.no_grad():
                 teacher_logits = teacher(**batch).logits
             t1 = time.perf_counter()
-            loss, _, _ = distillation_loss(student(**batch).logits, teacher_logits, labels[rows_])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                student_logits = student(**batch).logits
+            loss, _, _ = distillation_loss(student_logits, teacher_logits, labels[rows_])
             t2 = time.perf_counter()
             loss.backward()
             t3 = time.perf_counter()
@@ -65,7 +83,7 @@ def main() -> None:
             t4 = time.perf_counter()
             if step >= WARMUP:
                 for key, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                    spent[key] += dt / (STEPS - WARMUP)
+                    spent[key] += dt / (steps - WARMUP)
         print(f"  attention dropout {p}, {path} dropout, last layer {last}: " + ", ".join(f"{k} {v:.2f}" for k, v in spent.items()), flush=True)
 
 

@@ -549,7 +549,7 @@ def ratios(report: dict) -> list[dict]:
 def _dropout_label(name: str, run: dict) -> str:
     if name.startswith("seed_"):
         return "PyTorch"
-    if "dropout_path" in run:  # what the run used (bf16 training hands its dropout to PyTorch)
+    if "dropout_path" in run:  # what the run used (bf16 runs timed before kdapp's path served bf16 used PyTorch's)
         return "kdapp CPU" if run["dropout_path"] == "kdapp-cpu" else "PyTorch"
     return "kdapp CPU" if run.get("fast_dropout", False) else "PyTorch"  # runs timed before the path existed: PyTorch
 

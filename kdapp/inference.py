@@ -28,9 +28,9 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 # fastest that way (README: Speed, benchmarks/speed.py --parts batch_tokens). GPUs take the whole batch_size.
 CPU_BATCH_TOKENS = 2048
 # On CPU a long job's batches run side by side, one per intra-op thread, each batch single-threaded: the dev
-# machine's 2 cores labelled 7-10 % more reviews per second that way than with one batch at a time on both (no
-# synchronisation inside each op). Only with at least this many batches per thread, so short jobs (a typed review,
-# a latency measurement) run exactly as before.
+# machine's 2 cores labelled 10-13 % more reviews per second that way than with one batch at a time on both (no
+# synchronisation inside each op; benchmarks/side_by_side.py). Only with at least this many batches per thread, so
+# short jobs (a typed review, a latency measurement) run exactly as before.
 MIN_BATCHES_PER_WORKER = 4
 
 
