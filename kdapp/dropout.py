@@ -1,4 +1,4 @@
-"""Dropout (and attention) for CPU training at the cost it should have: the same Bernoulli masks, drawn and applied faster.
+"""Dropout and attention for CPU training at the cost they should have: the same Bernoulli masks, drawn faster.
 
 On CPU, PyTorch draws every dropout mask with `bernoulli_`, element by element, and any attention dropout sends
 `scaled_dot_product_attention` to its unfused path, which writes and re-reads the whole (batch, head, query, key)

@@ -241,13 +241,13 @@ def teacher_forward(model, inputs: dict, workers: int | str = "auto") -> torch.T
     On CPU with more than one intra-op thread the batch's rows run side by side in that many parts (row_workers),
     each single-threaded and cut to its own longest row, as logits_from_ids runs whole batches: the same logits
     up to float rounding, in the batch's row order. inputs: the model's keyword arguments, (rows, length, ...)
-    tensors right-padded, with an attention_mask."""
-    n_rows = len(inputs["attention_mask"])
-    n_workers = row_workers(model_device(model), n_rows, workers)
+    tensors right-padded, with an attention_mask (without one the batch runs whole)."""
+    mask = inputs.get("attention_mask")
+    n_workers = 1 if mask is None else row_workers(model_device(model), len(mask), workers)
     if n_workers == 1:
         with torch.no_grad(), own_precision(model):
             return model(**inputs).logits
-    bounds = np.linspace(0, n_rows, n_workers + 1).astype(int)
+    bounds = np.linspace(0, len(mask), n_workers + 1).astype(int)
     parts = [_rows(inputs, start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
     logits = [None] * n_workers
 
