@@ -18,6 +18,7 @@ import torch
 
 from .cls_only import cls_only as last_layer_cls_only
 from .encoding import encode, review_windows
+from .memory import keep_freed_memory
 from .quantize import quantize_int8
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,9 @@ def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 
             logits = model(**pad_batch([ids[i] for i in batch], pad_id, device)).logits
         out[batch] = logits.float().cpu().numpy()
 
-    with last_layer_cls_only(model, cls_only):
+    # a job of several batches frees and re-allocates the same large tensors: keep the freed memory (kdapp/memory.py)
+    held = keep_freed_memory() if len(batches) > 1 else contextlib.nullcontext()
+    with held, last_layer_cls_only(model, cls_only):
         n_workers = worker_count(device, len(batches), workers)
         if n_workers > 1:
             _side_by_side(run, batches, n_workers, progress)

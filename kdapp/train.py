@@ -18,7 +18,7 @@ from datasets import Dataset, concatenate_datasets
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
-from . import tracking
+from . import memory, tracking
 from .cache import teacher_fingerprint, teacher_logits
 from .checkpoints import last_trainer_checkpoint, save_run, work_dir, write_json
 from .cls_only import restore_last_layer, use_cls_only
@@ -49,6 +49,7 @@ class RunResult:
 
 
 # ---------------------------------------------------------------- public entry points
+@memory.keep_freed_memory()  # large tensors reuse freed memory for the whole run (kdapp/memory.py)
 def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None) -> RunResult:
     """Fine-tune cfg.model on the seed's split with plain cross-entropy (the Hugging Face Trainer)."""
     if cfg.kind != "teacher":
@@ -87,6 +88,7 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
 
 
+@memory.keep_freed_memory()
 def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None) -> RunResult:
     """Train a student with alpha * CE + (1 - alpha) * T^2 * KL against cfg.teacher (alpha = 1: no-KD student)."""
     if cfg.kind != "distill":
@@ -474,6 +476,7 @@ def _restore_finished(trainer: Trainer, checkpoint: Path) -> TrainOutput:
 def _environment() -> dict:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+            "keep_freed_memory": memory.available(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
