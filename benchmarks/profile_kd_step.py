@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import kdapp  # noqa: F401  (OMP_WAIT_POLICY before torch)
 import pandas as pd
@@ -69,7 +70,7 @@ def main() -> None:
 
 def time_setup(args, steps, teacher, tokenizer, ids, labels, p, path, last) -> None:
     """Print one set-up's mean time per step, part by part."""
-    student = load_pair(STUDENT)[0] if is_complete(STUDENT) else student_from_teacher(teacher, 3)
+    student = load_pair(STUDENT)[0] if is_complete(Path(STUDENT)) else student_from_teacher(teacher, 3)
     set_attention_dropout(student, p)
     if path == "kdapp CPU":
         use_fast_dropout(student)

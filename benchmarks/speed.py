@@ -403,6 +403,16 @@ def main() -> None:
                 epochs, cache, overrides, what = KD_RUNS[name]
                 log(f"kdapp KD: {name} ({what})")
                 report["training"][name] = kd_run(args, teacher_dir, work, name, epochs, cache, **overrides)
+            # further rounds of each cache pair, in turn reversed (A B, then B A, ...): the machine's drift over the
+            # minutes a pair takes then weighs on both arms alike
+            pairs = [(nc, c) for _, nc, c, _ in CACHE_RATIOS if {nc, c} <= set(args.training_runs)]
+            for r in range(2, args.cache_rounds + 1):
+                for pair in pairs:
+                    for name in pair[::-1] if r % 2 == 0 else pair:
+                        epochs, cache, overrides, what = KD_RUNS[name]
+                        log(f"kdapp KD, round {r}: {name} ({what})")
+                        report["training"][f"{name}#{r}"] = kd_run(args, teacher_dir, work, f"{name}-{r}", epochs,
+                                                                   cache, **overrides)
             student_dir = report["training"].get("kdapp_2ep_cache", {}).get("output_dir")
             # forward + backward (3x) of the student and one teacher forward per epoch (on the fly): the FLOPs each
             # path executes, so with the last layer at [CLS] only (kdapp's default) fewer than the baseline's
@@ -524,10 +534,14 @@ def ratios(report: dict) -> list[dict]:
             f"{report['setup'].get('env', {}).get('native_bf16')}")
     for key, no_cache, cached, precision in CACHE_RATIOS:
         if no_cache in t and cached in t:
-            nc, c = t[no_cache], t[cached]
-            add(key, f"2 epochs wall time{precision}: no cache / logit cache", nc["wall_s"] / c["wall_s"],
-                f"cache pass {c['cache_s']:.0f} s included; with a warm cache from an earlier run (sweep, rerun): "
-                f"{nc['wall_s'] / (c['wall_s'] - c['cache_s']):.2f}x (derived: wall minus cache pass)")
+            nc, c = _rounds(t, no_cache), _rounds(t, cached)  # --cache_rounds: every round's wall time, summed
+            wall_nc, wall_c = (sum(r["wall_s"] for r in runs) for runs in (nc, c))
+            cache_s = sum(r["cache_s"] for r in c)
+            per_round = (f"; {len(nc)} rounds, alternating order: "
+                         + ", ".join(f"{a['wall_s'] / b['wall_s']:.3f}x" for a, b in zip(nc, c))) if len(nc) > 1 else ""
+            add(key, f"2 epochs wall time{precision}: no cache / logit cache", wall_nc / wall_c,
+                f"cache pass {cache_s / len(c):.0f} s included; with a warm cache from an earlier run (sweep, rerun): "
+                f"{wall_nc / (wall_c - cache_s):.2f}x (derived: wall minus cache pass){per_round}")
     if "kdapp_fp32" in inf:
         p = inf["pipeline"]["samples_per_s"]
         fp32 = inf["kdapp_fp32"]
@@ -556,6 +570,12 @@ def ratios(report: dict) -> list[dict]:
             rows["arch:distilbert-base-uncased"]["throughput_samples_per_s"]
             / rows["arch:bert-base-uncased"]["throughput_samples_per_s"])
     return out
+
+
+def _rounds(training: dict, name: str) -> list[dict]:
+    """A run and its further rounds (name#2, name#3, ...), in round order."""
+    rounds = [k for k in training if k.startswith(name + "#")]
+    return [training[name]] + [training[k] for k in sorted(rounds, key=lambda k: int(k.split("#")[1]))]
 
 
 def _dropout_label(name: str, run: dict) -> str:
@@ -655,6 +675,9 @@ def parse_args() -> argparse.Namespace:
                    help="validation reviews of the profile part (where the fp32 and int8 paths spend their time)")
     p.add_argument("--training_runs", nargs="+", default=list(KD_RUNS), choices=list(KD_RUNS),
                    help="kdapp KD runs of the training part (the seed-faithful baseline always runs with it)")
+    p.add_argument("--cache_rounds", type=int, default=1,
+                   help="rounds of each cache pair in --training_runs, the order reversed each round; the ratio "
+                        "sums every round's wall times")
     p.add_argument("--arch_batch", type=int, default=100)
     p.add_argument("--arch_seq", type=int, default=128)
     p.add_argument("--arch_repeats", type=int, default=2)
