@@ -13,6 +13,7 @@ without it, a student made from the teacher's layers 0, 2 and 4: the same shapes
     python benchmarks/profile_kd_step.py        # 16 reviews x 256 tokens, mean of 4 steps after 2 warm-up steps
     python benchmarks/profile_kd_step.py --bf16 --steps 10   # the bf16 set-ups, mean of 8 steps
     KDAPP_KEEP_FREED_MEMORY=0 python benchmarks/profile_kd_step.py --bf16 --steps 10   # glibc malloc's own settings
+    python benchmarks/profile_kd_step.py --bf16 --path kdapp   # only kdapp's path (also: --path PyTorch)
 
 The steps run as a training run does: AdamW fused (the Trainer's default), freed memory kept for reuse
 (kdapp/memory.py) unless KDAPP_KEEP_FREED_MEMORY=0.
@@ -53,6 +54,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bf16", action="store_true", help="the student under bf16 autocast (teacher in fp32)")
     parser.add_argument("--steps", type=int, default=STEPS, help=f"steps per set-up, the first {WARMUP} untimed")
+    parser.add_argument("--path", choices=("all", "PyTorch", "kdapp"), default="all",
+                        help="only the set-ups with this dropout / attention path")
     args = parser.parse_args()
     steps = max(args.steps, WARMUP + 1)
     teacher, tokenizer = load_pair(TEACHER)
@@ -65,6 +68,8 @@ def main() -> None:
         print(f"{torch.get_num_threads()} threads, {precision}, batch {BATCH}, mean of {steps - WARMUP} steps (s); "
               f"freed memory kept for reuse: {kept}")
         for setup in BF16_SETUPS if args.bf16 else FP32_SETUPS:
+            if args.path != "all" and not setup[1].startswith(args.path):
+                continue
             time_setup(args, steps, teacher, tokenizer, ids, labels, *setup)
 
 
