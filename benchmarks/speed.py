@@ -9,13 +9,14 @@ Usage: python benchmarks/speed.py --quick (smoke run) | python benchmarks/speed.
 #   kdapp's CPU dropout, teacher and student computing their last layer at [CLS] only) vs
 #   a seed-faithful Trainer subclass (every review padded to max_length, teacher on the fly, libgomp's default
 #   threads), run in a subprocess because the OpenMP wait policy is fixed when torch loads;
-# - 2 epochs with the teacher-logit cache vs without (wall time of distill_student, cache pass included);
+# - 2 epochs with the teacher-logit cache vs without (wall time of distill_student, cache pass included; with
+#   --cache_rounds N each pair N times, its order reversed each round, the ratio from the summed wall times);
 # - inference over the validation reviews: kdapp fp32 / bf16 / int8 vs transformers.pipeline(batch_size=100), with
 #   accuracy; student vs teacher at batch 100; arch:bert-base vs arch:distilbert-base at batch 100;
 # - where the teacher's fp32 and int8 inference time goes (--parts profile: torch.profiler, per op group);
 # - achieved model FLOP/s (2 * non-embedding params * real tokens + attention; training 3x; the FLOPs each path
 #   executes, so fewer where the last layer runs at [CLS] only) as a fraction of this machine's measured fp32 matmul
-#   FLOP/s in the same thread setting.
+#   FLOP/s in the same thread setting (bf16 paths: of its bf16 matmul FLOP/s, where bf16 is native).
 from __future__ import annotations
 
 import os
