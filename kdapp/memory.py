@@ -12,16 +12,17 @@ free top (`M_TRIM_THRESHOLD` 1 GiB), so freed blocks stay in the heap for the ne
 `keep_freed_memory()` holds them while a training run or a long inference job runs (kdapp/train.py,
 kdapp/inference.py), then puts glibc's default values back and returns the free memory to the kernel
 (`malloc_trim`), so a long-lived app does not keep a run's peak (the mmap threshold stays where it was: glibc stops
-adapting it once mallopt has been called). Nested and concurrent jobs share one setting (a count of holders). Elsewhere
-(not glibc: macOS, Windows, musl without these calls) and with KDAPP_KEEP_FREED_MEMORY=0 it does nothing. Only where
+adapting it once mallopt has been called). Nested and concurrent jobs share one setting (a count of holders).
+Elsewhere (not Linux with glibc: macOS, Windows, musl) and with KDAPP_KEEP_FREED_MEMORY=0 it does nothing. Only where
 memory comes from changes: every result is the same.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import os
+import sys
 import threading
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
@@ -34,29 +35,25 @@ _holders = 0
 _in_force = False
 
 
-def _load_libc():
-    """glibc, or None where its mallopt / malloc_trim are missing."""
-    if os.name != "posix":
+@functools.cache
+def _glibc():
+    """glibc (loaded on first use, not at import), or None: not Linux, or a libc without mallopt / malloc_trim."""
+    if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return None
-    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") and hasattr(libc, "gnu_get_libc_version")):
-        return None
-    return libc
-
-
-_libc = _load_libc()
+    return libc if all(hasattr(libc, name) for name in ("mallopt", "malloc_trim", "gnu_get_libc_version")) else None
 
 
 def available() -> bool:
     """Whether keep_freed_memory() changes anything here (glibc, and not switched off by KDAPP_KEEP_FREED_MEMORY=0)."""
-    return _libc is not None and os.environ.get(ENV, "1") != "0"
+    return os.environ.get(ENV, "1") != "0" and _glibc() is not None
 
 
 def _set(settings: dict[int, int]) -> bool:
-    return all(_libc.mallopt(ctypes.c_int(key), ctypes.c_int(value)) == 1 for key, value in settings.items())
+    return all(_glibc().mallopt(ctypes.c_int(key), ctypes.c_int(value)) == 1 for key, value in settings.items())
 
 
 @contextlib.contextmanager
@@ -80,4 +77,4 @@ def keep_freed_memory():
             if _holders == 0:
                 _set(GLIBC_DEFAULTS)
                 _in_force = False
-                _libc.malloc_trim(ctypes.c_size_t(0))
+                _glibc().malloc_trim(ctypes.c_size_t(0))

@@ -6,7 +6,6 @@ import threading
 
 import pytest
 
-import kdapp.inference as kinf
 import kdapp.memory as kmem
 from conftest import tiny_bert
 from kdapp.inference import logits_from_ids
@@ -28,7 +27,7 @@ class FakeLibc:
 @pytest.fixture
 def fake_libc(monkeypatch):
     fake = FakeLibc()
-    monkeypatch.setattr(kmem, "_libc", fake)
+    monkeypatch.setattr(kmem, "_glibc", lambda: fake)
     monkeypatch.delenv(kmem.ENV, raising=False)
     return fake
 
@@ -79,7 +78,7 @@ def test_does_nothing_when_off_or_without_glibc(monkeypatch, fake_libc, how):
     if how == "env":
         monkeypatch.setenv(kmem.ENV, "0")
     else:
-        monkeypatch.setattr(kmem, "_libc", None)
+        monkeypatch.setattr(kmem, "_glibc", lambda: None)
     assert not kmem.available()
     with kmem.keep_freed_memory() as held:
         assert held is False
@@ -91,10 +90,10 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.skipif(kmem._load_libc() is None or not os.path.exists("/proc/self/statm"), reason="glibc on Linux")
+@pytest.mark.skipif(kmem._glibc() is None or not os.path.exists("/proc/self/statm"), reason="glibc on Linux")
 def test_real_glibc_keeps_a_freed_block_then_returns_it(monkeypatch):
     monkeypatch.delenv(kmem.ENV, raising=False)
-    libc = kmem._libc
+    libc = kmem._glibc()
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
     size = 64 << 20
@@ -111,7 +110,7 @@ def test_real_glibc_keeps_a_freed_block_then_returns_it(monkeypatch):
     assert returned < 0.25 * size  # given back once the job is over
 
 
-def test_long_inference_jobs_hold_it_single_batches_do_not(monkeypatch, fake_libc):
+def test_long_inference_jobs_hold_it_single_batches_do_not(fake_libc):
     model = tiny_bert().eval()
     seen = []
 
@@ -123,7 +122,6 @@ def test_long_inference_jobs_hold_it_single_batches_do_not(monkeypatch, fake_lib
     run(3)  # one batch: a typed review's path
     run(12)  # three batches
     assert seen == [[], KEEP_CALLS + RESTORE_CALLS]
-    assert kinf.keep_freed_memory is kmem.keep_freed_memory
 
 
 def test_training_runs_hold_it(monkeypatch, fake_libc, tmp_path):
