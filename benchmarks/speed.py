@@ -10,7 +10,9 @@ Usage: python benchmarks/speed.py --quick (smoke run) | python benchmarks/speed.
 #   a seed-faithful Trainer subclass (every review padded to max_length, teacher on the fly, libgomp's default
 #   threads), run in a subprocess because the OpenMP wait policy is fixed when torch loads;
 # - 2 epochs with the teacher-logit cache vs without (wall time of distill_student, cache pass included; with
-#   --cache_rounds N each pair N times, its order reversed each round, the ratio from the summed wall times);
+#   --cache_rounds N each pair N times, its order reversed each round, the ratio from the summed wall times),
+#   with each arm's time per epoch split into the teacher on the fly, the cache pass, the student and the fixed rest,
+#   and the student's epoch at which the cache would pay the target;
 # - inference over the validation reviews: kdapp fp32 / bf16 / int8 vs transformers.pipeline(batch_size=100), with
 #   accuracy; student vs teacher at batch 100; arch:bert-base vs arch:distilbert-base at batch 100;
 # - where the teacher's fp32 and int8 inference time goes (--parts profile: torch.profiler, per op group);
@@ -542,7 +544,8 @@ def ratios(report: dict) -> list[dict]:
                          + ", ".join(f"{a['wall_s'] / b['wall_s']:.3f}x" for a, b in zip(nc, c))) if len(nc) > 1 else ""
             add(key, f"2 epochs wall time{precision}: no cache / logit cache", wall_nc / wall_c,
                 f"cache pass {cache_s / len(c):.0f} s included; with a warm cache from an earlier run (sweep, rerun): "
-                f"{wall_nc / (wall_c - cache_s):.2f}x (derived: wall minus cache pass){per_round}")
+                f"{wall_nc / (wall_c - cache_s):.2f}x (derived: wall minus cache pass){per_round}"
+                + _cache_parts_note(nc, c, TARGETS.get(key)))
     if "kdapp_fp32" in inf:
         p = inf["pipeline"]["samples_per_s"]
         fp32 = inf["kdapp_fp32"]
@@ -571,6 +574,40 @@ def ratios(report: dict) -> list[dict]:
             rows["arch:distilbert-base-uncased"]["throughput_samples_per_s"]
             / rows["arch:bert-base-uncased"]["throughput_samples_per_s"])
     return out
+
+
+def cache_parts(no_cache: list[dict], cached: list[dict]) -> dict:
+    """Where the two arms' wall time goes, per epoch, averaged over rounds (seconds):
+    teacher: its forward on the fly (the no-cache arm's training minus the cache arm's, the student's steps taken to
+    cost the same in both); student: the cache arm's training; cache_pass; fixed: the rest of each arm's wall time
+    (loading, tokenizing, saving, the end-of-run score)."""
+    def mean(runs, key):
+        return sum(r[key] for r in runs) / len(runs)
+
+    epochs = cached[0]["epochs"]
+    student = mean(cached, "train_runtime_s") / epochs
+    return {"epochs": epochs, "teacher": mean(no_cache, "train_runtime_s") / epochs - student, "student": student,
+            "cache_pass": mean(cached, "cache_s"),
+            "fixed_no_cache": mean(no_cache, "wall_s") - mean(no_cache, "train_runtime_s"),
+            "fixed_cache": mean(cached, "wall_s") - mean(cached, "train_runtime_s") - mean(cached, "cache_s")}
+
+
+def student_epoch_for(ratio: float, parts: dict) -> float:
+    """The student's epoch (s) at or below which the cache pays `ratio`, the other parts as measured:
+    (E*t + E*s + f_nc) / (t_c + E*s + f_c) >= ratio, solved for s (E epochs)."""
+    e = parts["epochs"]
+    gain = e * parts["teacher"] + parts["fixed_no_cache"] - ratio * (parts["cache_pass"] + parts["fixed_cache"])
+    return gain / (e * (ratio - 1))
+
+
+def _cache_parts_note(no_cache: list[dict], cached: list[dict], target: float | None) -> str:
+    p = cache_parts(no_cache, cached)
+    note = (f"; per epoch: teacher on the fly {p['teacher']:.1f} s, cache pass {p['cache_pass']:.1f} s, student "
+            f"{p['student']:.1f} s (fixed per run: {p['fixed_no_cache']:.1f} s without the cache, "
+            f"{p['fixed_cache']:.1f} s with it)")
+    if target:
+        note += f"; {target}x needs the student's epoch at or below {student_epoch_for(target, p):.1f} s"
+    return note
 
 
 def _rounds(training: dict, name: str) -> list[dict]:

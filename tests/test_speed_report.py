@@ -1,0 +1,55 @@
+"""benchmarks/speed.py's report arithmetic for the logit-cache pairs (no timing: the runs are made-up numbers)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+
+
+@pytest.fixture(scope="module")
+def speed():
+    spec = importlib.util.spec_from_file_location("kdapp_speed_bench", SPEED)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(wall, train, cache=0.0, epochs=2):
+    return {"wall_s": wall, "train_runtime_s": train, "cache_s": cache, "epochs": epochs}
+
+
+def test_cache_parts_split_each_arm_per_epoch(speed):
+    # no cache: 2 epochs of teacher 40 + student 42 and 4 s fixed; cache: a 38 s pass, 2 x 42 s, 5 s fixed
+    no_cache, cached = [_run(168, 164)], [_run(127, 84, cache=38)]
+    parts = speed.cache_parts(no_cache, cached)
+    assert parts == pytest.approx({"epochs": 2, "teacher": 40, "student": 42, "cache_pass": 38,
+                                   "fixed_no_cache": 4, "fixed_cache": 5})
+
+
+def test_cache_parts_average_the_rounds(speed):
+    parts = speed.cache_parts([_run(168, 164), _run(188, 184)], [_run(127, 84, 38), _run(137, 92, 40)])
+    assert parts["student"] == pytest.approx(44)  # (84 + 92) / 2 / 2 epochs
+    assert parts["teacher"] == pytest.approx(87 - 44)
+    assert parts["cache_pass"] == pytest.approx(39)
+
+
+@pytest.mark.parametrize("epochs", [2, 3])
+def test_student_epoch_for_gives_the_ratio_back(speed, epochs):
+    parts = {"epochs": epochs, "teacher": 40.4, "student": 42.0, "cache_pass": 38.4, "fixed_no_cache": 4.5,
+             "fixed_cache": 4.3}
+    s = speed.student_epoch_for(1.4, parts)
+    no_cache = epochs * (parts["teacher"] + s) + parts["fixed_no_cache"]
+    cached = parts["cache_pass"] + epochs * s + parts["fixed_cache"]
+    assert no_cache / cached == pytest.approx(1.4)
+    # a faster student than that pays more, a slower one less
+    assert (epochs * (parts["teacher"] + s - 1) + 4.5) / (38.4 + epochs * (s - 1) + 4.3) > 1.4
+
+
+def test_the_cache_row_names_the_parts_and_the_bound(speed):
+    report = {"training": {"kdapp_2ep_nocache": _run(168, 164), "kdapp_2ep_cache": _run(127, 84, cache=38)},
+              "inference": {}, "setup": {}}
+    row = next(r for r in speed.ratios(report) if r["key"] == "cache_2ep")
+    assert row["ratio"] == pytest.approx(168 / 127, abs=1e-3) and row["met"] is False
+    bound = speed.student_epoch_for(1.4, speed.cache_parts([_run(168, 164)], [_run(127, 84, cache=38)]))
+    assert "teacher on the fly 40.0 s" in row["note"] and f"at or below {bound:.1f} s" in row["note"]
