@@ -53,3 +53,11 @@ def test_the_cache_row_names_the_parts_and_the_bound(speed):
     assert row["ratio"] == pytest.approx(168 / 127, abs=1e-3) and row["met"] is False
     bound = speed.student_epoch_for(1.4, speed.cache_parts([_run(168, 164)], [_run(127, 84, cache=38)]))
     assert "teacher on the fly 40.0 s" in row["note"] and f"at or below {bound:.1f} s" in row["note"]
+
+
+def test_the_note_says_when_no_student_could_reach_the_target(speed):
+    # the cache pass and its fixed time cost more than the teacher's two epochs on the fly would save
+    report = {"training": {"kdapp_2ep_nocache": _run(10, 8), "kdapp_2ep_cache": _run(10, 6, cache=2)},
+              "inference": {}, "setup": {}}
+    row = next(r for r in speed.ratios(report) if r["key"] == "cache_2ep")
+    assert "no student epoch, however short, gives 1.4x" in row["note"] and "at or below" not in row["note"]
