@@ -129,9 +129,10 @@ def matmul_gflops(n: int = 2048, dtype=torch.float32, repeats: int = 5) -> float
 def best_bf16_peak(report: dict, n: int) -> float:
     """bf16's matmul peak measured again, the best seen in this run kept as the bf16 paths' yardstick.
 
-    bf16 matmul speed swings far more than fp32's on a virtual machine with AMX: one best-of-5 at n = 2048 read from
-    784 to 2,193 GFLOP/s within a minute (fp32: 317-338). So each measurement is the best of 20 at n and at 2n, and
-    it is taken at the start and again before each FLOP/s table."""
+    bf16 matmul speed swings far more than fp32's on a virtual machine with AMX: one best-of-5 at n = 2048 read 895
+    GFLOP/s at the start of one run and 2,350 at the start of another (results/speed_cpu_amx*.md; fp32: 302-338 in
+    both). So each measurement is the best of 20 at n and at 2n, taken at the start and again before each FLOP/s
+    table."""
     seen = report.setdefault("matmul_bf16_gflops_seen", [])
     seen.append(max(matmul_gflops(size, torch.bfloat16, repeats=20) for size in (n, 2 * n)))
     report["matmul_bf16_gflops"] = max(seen)
