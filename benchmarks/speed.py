@@ -5,8 +5,8 @@ Usage: python benchmarks/speed.py --quick (smoke run) | python benchmarks/speed.
 """
 # Measured, each with its ratio and the issue's target (all-MiniLM-L6-v2 teacher, a 3-layer student made from it,
 # reviews of ../shared/data/imdb/train.parquet in the seed's split):
-# - KD training samples/s, 1 epoch: kdapp's distill_student (length-grouped batches, dynamic padding, OMP PASSIVE,
-#   kdapp's CPU dropout, teacher and student computing their last layer at [CLS] only) vs
+# - KD training samples/s, 1 epoch: kdapp's distill_student (length-grouped batches, dynamic padding, OMP PASSIVE
+#   unless GOMP_SPINCOUNT is set, kdapp's CPU dropout, teacher and student computing their last layer at [CLS] only) vs
 #   a seed-faithful Trainer subclass (every review padded to max_length, teacher on the fly, libgomp's default
 #   threads), run in a subprocess because the OpenMP wait policy is fixed when torch loads;
 # - 2 epochs with the teacher-logit cache vs without (wall time of distill_student, cache pass included; with
@@ -43,6 +43,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 OMP_AT_TORCH_IMPORT = os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default)")
+# GOMP_SPINCOUNT, when set, is how long libgomp's idle threads spin before they sleep, whatever the policy says: with
+# GOMP_SPINCOUNT=300000 (libgomp's own default spin) kdapp's runs spin too (benchmarks/omp_wait.py: what each costs)
+SPIN_AT_TORCH_IMPORT = os.environ.get("GOMP_SPINCOUNT")
+KDAPP_THREADS = OMP_AT_TORCH_IMPORT + (f", GOMP_SPINCOUNT={SPIN_AT_TORCH_IMPORT}" if SPIN_AT_TORCH_IMPORT else "")
 import torch  # noqa: E402  (before kdapp in the worker: its PASSIVE default must not reach libgomp there)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,7 +228,7 @@ def seed_kd_epoch(spec: dict, teacher, student, tokenizer, train) -> dict:
 def baseline_in_subprocess(spec: dict, work: Path) -> dict:
     spec_path, out_path = work / "baseline_spec.json", work / "baseline_result.json"
     spec_path.write_text(json.dumps(spec))
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}  # libgomp's own
     subprocess.run([sys.executable, str(Path(__file__).resolve()), "--baseline_worker", str(spec_path),
                     "--worker_out", str(out_path)], env=env, cwd=work, check=True)
     return json.loads(out_path.read_text())
@@ -375,7 +379,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kdapp-speed-"))
     os.chdir(work)  # the logit cache and the runs land here (kd_run empties the cache before each run)
     started = time.perf_counter()
-    report = {"setup": vars(args) | {"env": bench_env("cpu")}, "training": {}, "inference": {}, "flops": {}}
+    report = {"setup": vars(args) | {"env": bench_env("cpu"), "kdapp_threads": KDAPP_THREADS}, "training": {},
+              "inference": {}, "flops": {}}
     try:
         teacher_dir, how = ensure_teacher(args, work)
         report["setup"].update(teacher=teacher_dir, teacher_source=how)
@@ -390,12 +395,12 @@ def main() -> None:
                                teacher_params=count_parameters(teacher), student_params=count_parameters(student0))
         peak = matmul_gflops(args.matmul_n)
         report["matmul_fp32_gflops"] = {"passive": peak}
-        log(f"fp32 matmul peak (PASSIVE, {torch.get_num_threads()} threads): {peak} GFLOP/s")
+        log(f"fp32 matmul peak ({KDAPP_THREADS}, {torch.get_num_threads()} threads): {peak} GFLOP/s")
         # bf16 paths are judged against bf16's own peak: with AMX it is many times fp32's (emulated without it)
         peak_bf16 = best_bf16_peak(report, args.matmul_n) if native_bf16() else None
         report["matmul_bf16_gflops"] = peak_bf16
         if peak_bf16:
-            log(f"bf16 matmul peak (PASSIVE): {peak_bf16} GFLOP/s")
+            log(f"bf16 matmul peak ({KDAPP_THREADS}): {peak_bf16} GFLOP/s")
 
         if "training" in args.parts or "inference" in args.parts:
             log("baseline (subprocess, default OpenMP): seed-faithful KD, 1 epoch" +
@@ -454,7 +459,7 @@ def main() -> None:
 
         if "inference" in args.parts:
             inf = report["inference"]
-            log("inference: transformers.pipeline (PASSIVE, this process)")
+            log(f"inference: transformers.pipeline ({KDAPP_THREADS}, this process)")
             inf["pipeline"] = pipeline_pass(teacher, tokenizer, texts, labels, args.max_length)
             for precision in ("fp32", "bf16", "int8"):
                 # without avx512_bf16/AMX, bf16 is emulated (~10x slower than fp32 here): time a subset only
@@ -656,7 +661,8 @@ def write_report(report: dict, out: Path) -> None:
              f"max_length {s['max_length']})", "",
              f"Machine: {env['cpu_model']}, {env['cpu_count']} CPUs ({', '.join(env['cpu_flags']) or 'no AVX flags'}"
              f"; native bf16: {env['native_bf16']}), torch {env['torch']}, transformers {env['transformers']}; "
-             f"load average at start {env['load_avg_1m']}. Teacher: {s['teacher_source']}. "
+             f"load average at start {env['load_avg_1m']}. kdapp's runs: OpenMP wait policy "
+             f"{s.get('kdapp_threads', 'PASSIVE')}. Teacher: {s['teacher_source']}. "
              f"Total {report['seconds']:.0f} s.",
              "", "| comparison | ratio | target | met | note |", "|---|---|---|---|---|"]
     for r in report["ratios"]:

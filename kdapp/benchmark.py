@@ -362,6 +362,7 @@ def bench_env(device: str = "cpu") -> dict:
             "cpu_flags": cpu_flags(), "native_bf16": native_bf16(), "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin, then sleep)"),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),  # set, it overrides the policy's spin (libgomp)
             "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
@@ -457,9 +458,11 @@ def describe_setup(result: dict) -> str:
               else f"{cfg.get('n_rows')} random rows of {cfg.get('max_length')} tokens")
     forward = ("kdapp's path, last layer at [CLS] only where the model allows" if cfg.get("cls_only")
                else "the models' full forward")
+    spin = f", GOMP_SPINCOUNT={env['gomp_spincount']}" if env.get("gomp_spincount") else ""
     return (f"Inputs: {inputs}; {forward}; {cfg.get('repeats')} timed passes after {cfg.get('warmup')} warm-up "
             f"batch(es). Device: {env['device']} ({env['device_name']}), {env['threads']} threads, "
-            f"OMP_WAIT_POLICY={env['omp_wait_policy']}, torch {env['torch']}, load average {env.get('load_avg_1m')}.")
+            f"OMP_WAIT_POLICY={env['omp_wait_policy']}{spin}, torch {env['torch']}, "
+            f"load average {env.get('load_avg_1m')}.")
 
 
 def _fmt(v, digits: int) -> str:

@@ -19,7 +19,7 @@ ROW_FIELDS = {"model", "label", "precision", "device", "max_length", "batch_size
               "throughput_samples_per_s", "tokens_per_s", "achieved_gflop_per_s", "timed_s", "peak_rss_mb",
               "peak_gpu_mb", "params", "non_embedding_params", "size_mb", "size_source", "threads", "torch"}
 ENV_FIELDS = {"device", "device_name", "cpu_model", "cpu_count", "cpu_capability", "cpu_flags", "native_bf16",
-              "threads", "interop_threads", "omp_wait_policy", "torch", "transformers", "python", "platform",
+              "threads", "interop_threads", "omp_wait_policy", "gomp_spincount", "torch", "transformers", "python", "platform",
               "load_avg_1m", "rss_idle_mb", "started_at", "seconds"}
 TINY = dict(max_length=16, n_texts=6, repeats=1)
 
@@ -92,6 +92,9 @@ def test_markdown_table_has_the_seeds_rows_and_delta_column():
     assert cells["Disk size (MB)"] == ["440", "264", "-40 % size"]
     flipped = markdown_table(result, baseline="arch:distilbert-base-uncased").splitlines()
     assert flipped[0].split("|")[2].strip() == "arch:distilbert-base-uncased" and "2.00x slower" in flipped[2]
+    assert "OMP_WAIT_POLICY=PASSIVE, torch" in lines[-1]  # no spin count set: none named
+    result["env"]["gomp_spincount"] = "300000"  # it overrides the policy's spin (benchmarks/omp_wait.py)
+    assert "OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=300000, torch" in markdown_table(result).splitlines()[-1]
 
 
 def test_arch_configs_equal_the_hubs():
