@@ -6,8 +6,8 @@ Usage: python benchmarks/speed.py --quick (smoke run) | python benchmarks/speed.
 # Measured, each with its ratio and the target (all-MiniLM-L6-v2 teacher, a 3-layer student made from it,
 # reviews of ../shared/data/imdb/train.parquet in the seed's split):
 # - KD training samples/s, 1 epoch: kdapp's distill_student (length-grouped batches, dynamic padding, OMP PASSIVE
-#   unless GOMP_SPINCOUNT is set, kdapp's CPU dropout, teacher and student computing their last layer at [CLS] only) vs
-#   a seed-faithful Trainer subclass (every review padded to max_length, teacher on the fly, libgomp's default
+#   unless GOMP_SPINCOUNT is set, kdapp's CPU dropout, teacher and student computing their last layer at [CLS] only)
+#   vs a seed-faithful Trainer subclass (every review padded to max_length, teacher on the fly, libgomp's default
 #   threads), run in a subprocess because the OpenMP wait policy is fixed when torch loads;
 # - 2 epochs with the teacher-logit cache vs without (wall time of distill_student, cache pass included; with
 #   --cache_rounds N each pair N times, its order reversed each round, the ratio from the summed wall times),

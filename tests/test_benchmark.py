@@ -19,8 +19,8 @@ ROW_FIELDS = {"model", "label", "precision", "device", "max_length", "batch_size
               "throughput_samples_per_s", "tokens_per_s", "achieved_gflop_per_s", "timed_s", "peak_rss_mb",
               "peak_gpu_mb", "params", "non_embedding_params", "size_mb", "size_source", "threads", "torch"}
 ENV_FIELDS = {"device", "device_name", "cpu_model", "cpu_count", "cpu_capability", "cpu_flags", "native_bf16",
-              "threads", "interop_threads", "omp_wait_policy", "gomp_spincount", "torch", "transformers", "python", "platform",
-              "load_avg_1m", "rss_idle_mb", "started_at", "seconds"}
+              "threads", "interop_threads", "omp_wait_policy", "gomp_spincount", "torch", "transformers", "python",
+              "platform", "load_avg_1m", "rss_idle_mb", "started_at", "seconds"}
 TINY = dict(max_length=16, n_texts=6, repeats=1)
 
 
