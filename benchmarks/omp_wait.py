@@ -145,22 +145,26 @@ def main() -> None:
     env = bench_env("cpu")
     names = list(POLICIES)
     results: dict[str, dict[str, list[float]]] = {}
+    runs = []  # every worker's own report: its libgomp variables as torch loaded them, threads, s/step
     for condition in ("idle", "busy")[:1 + args.busy]:
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if condition == "busy" else None
         try:
             for r in range(args.rounds):
                 for policy in (names if r % 2 == 0 else names[::-1]):
-                    seconds = run_worker(args, policy)["s_per_step"]
+                    run = run_worker(args, policy)
+                    runs.append({"condition": condition, "round": r + 1, "policy": policy} | run)
+                    seconds = run["s_per_step"]
                     results.setdefault(condition, {}).setdefault(policy, []).append(seconds)
                     print(f"{condition:4s} round {r + 1}  {policy:22s} {seconds:.4f} s/step", flush=True)
         finally:
             if busy is not None:
                 busy.kill()
-    write_report(args, env, results)
+    write_report(args, env, results, runs)
 
 
-def write_report(args, env: dict, results: dict[str, dict[str, list[float]]]) -> None:
-    """Print the table of medians; with --out also write it to OUT.md, and every round to OUT.json."""
+def write_report(args, env: dict, results: dict[str, dict[str, list[float]]], runs: list[dict]) -> None:
+    """Print the table of medians; with --out also write it to OUT.md, and every worker's run to OUT.json (env is
+    this driver's; each run names the variables its own process started with)."""
     medians, names = summary(results), list(POLICIES)
     lines = [f"{env['cpu_model']}, {env['cpu_count']} CPUs ({', '.join(env['cpu_flags'])}), torch {env['torch']}, "
              f"{env['threads']} threads; student step in {args.precision}, batch {BATCH}, {args.steps} timed steps "
@@ -180,7 +184,8 @@ def write_report(args, env: dict, results: dict[str, dict[str, list[float]]]) ->
         f"# OpenMP wait policy and a KD student's training step\n\n`{command}`\n\n" + "\n".join(lines)
         + "\n\n(x: PASSIVE's time over the policy's; above 1 is faster than PASSIVE)\n")
     out.with_suffix(".json").write_text(json.dumps({"command": command, "setup": vars(args), "env": env,
-                                                    "rounds": results, "median": medians}, indent=1))
+                                                    "rounds": results, "runs": runs, "median": medians},
+                                                   indent=1))
 
 
 if __name__ == "__main__":
