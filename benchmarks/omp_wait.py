@@ -7,10 +7,10 @@ GOMP_SPINCOUNT=300000 (libgomp's default spin, then sleep) and under ACTIVE (spi
 (libgomp reads its variables once, when torch loads), the order alternating every round, on an idle machine and
 again with one busy-looping process beside it (`--busy 0` skips that half).
 
-The step is the one the speed benchmark's logit-cache pair trains with (benchmarks/speed.py, kdapp_2ep_cache*): a
-3-layer student made from the teacher (layers 0, 2, 4), kdapp's CPU dropout, attention dropout 0, last layer at
-[CLS] only, 16 reviews of ../shared/data/imdb/train.parquet in length-grouped batches (at most 256 tokens), the KD
-loss against fixed soft targets, gradients clipped at 1.0, fused AdamW; under bf16 autocast with --precision bf16.
+The step is the one the speed benchmark's logit-cache pair trains with (benchmarks/student_step.py): a 3-layer
+student made from the teacher, kdapp's CPU dropout, attention dropout 0, last layer at [CLS] only, 16 reviews of
+../shared/data/imdb/train.parquet in length-grouped batches (at most 256 tokens), the KD loss against fixed soft
+targets, gradients clipped at 1.0, fused AdamW; under bf16 autocast with --precision bf16.
 
 From the repo root (the teacher: checkpoints/cpu-scale/teacher, else the pip-installed all-MiniLM-L6-v2; the
 step's time does not depend on the weights):
@@ -31,7 +31,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "imdb" / "train.parquet"
-TEACHER = ROOT / "checkpoints" / "cpu-scale" / "teacher"
 PASSIVE = "PASSIVE (kdapp)"
 # policy name -> environment for libgomp (None: the variable removed). GOMP_SPINCOUNT, when set, is how many times
 # an idle thread checks for work before it sleeps, whatever OMP_WAIT_POLICY says; 300000 is libgomp's own default
@@ -41,7 +40,7 @@ POLICIES = {
     "GOMP_SPINCOUNT=300000": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "300000"},
     "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None},
 }
-BATCH, REVIEWS = 16, 640
+BATCH = 16  # benchmarks/student_step.py
 
 
 def worker(args) -> dict:
@@ -50,39 +49,10 @@ def worker(args) -> dict:
     import torch  # first: libgomp reads its variables now, before kdapp's default could set one
 
     import kdapp  # noqa: F401
-    import pandas as pd
-    from kdapp.cls_only import use_cls_only
-    from kdapp.distill import distillation_loss
-    from kdapp.dropout import use_fast_dropout
-    from kdapp.encoding import encode
-    from kdapp.inference import pad_batch
     from kdapp.memory import keep_freed_memory
-    from kdapp.models import load_pair, minilm_path, set_attention_dropout, student_from_teacher
+    from student_step import student_step  # benchmarks/ is on the path: this file runs as a script
 
-    teacher, tokenizer = load_pair(str(TEACHER if TEACHER.is_dir() else minilm_path()))
-    rows = pd.read_parquet(args.data).sample(REVIEWS, random_state=1)
-    ids = encode(tokenizer, rows["text"].tolist(), 256, "head_tail", None)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
-    batches = [batches[i] for i in torch.randperm(len(batches), generator=torch.Generator().manual_seed(0))]
-    labels, soft = torch.tensor(rows["label"].to_numpy()), torch.randn(len(ids), 2)
-    student = student_from_teacher(teacher, 3)
-    set_attention_dropout(student, 0.0)
-    use_fast_dropout(student)
-    use_cls_only(student)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5, fused=True)
-    bf16 = args.precision == "bf16"
-
-    def step(batch: list[int]) -> None:
-        inputs = pad_batch([ids[i] for i in batch], tokenizer.pad_token_id or 0, "cpu")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = student(**inputs).logits
-        loss, _, _ = distillation_loss(logits, soft[batch], labels[batch])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-
+    step, batches = student_step(args.data, args.precision)
     with keep_freed_memory():
         for batch in batches[:args.warmup]:
             step(batch)

@@ -13,13 +13,19 @@ tensor several times. Here:
   backward pass recomputes the softmax from q and k instead of storing it (as FlashAttention does), keeping only the
   1-byte keep mask.
 
-In bfloat16 (training under CPU bf16 autocast) numpy has no type for the tensors, so the same draws make a bool
-mask that torch applies (x * keep * 1 / (1 - p), rounded once). Attention there runs as whole-tensor bf16 matmuls
-with PyTorch's fused softmax kernels (fp32 inside), with or without dropout: PyTorch's fused CPU attention has a
-slow bf16 backward (`python benchmarks/profile_kd_step.py --bf16`: a 3-layer student's forward, backward and
-optimizer step on 16 reviews of 256 tokens took 0.54 s with PyTorch's path and 0.45 s this way without attention
-dropout, 0.85 and 0.57 s with it). It keeps the probabilities for the backward pass (2 bytes per (head, query,
-key)), as eager attention does.
+In bfloat16 (training under CPU bf16 autocast) numpy has no type for the tensors, so the same draws make a 0 / 1
+mask in bfloat16 that torch applies (x * keep * 1 / (1 - p), rounded once). A bf16 mask, not a bool one: PyTorch
+multiplies a bf16 tensor by a bool mask through a per-element type conversion, about 5x slower than a same-dtype
+multiply: the bf16 student's step ran 1.15x faster this way with attention dropout 0.1 and 1.05x with 0
+(`python benchmarks/dropout_masks.py`; README: Speed). The products are bit for bit the same (x * 1 and x * 0 either
+way).
+
+Attention there runs as whole-tensor bf16 matmuls with PyTorch's fused softmax kernels (fp32 inside), with or
+without dropout: PyTorch's fused CPU attention has a slow bf16 backward (`python benchmarks/profile_kd_step.py
+--bf16`: a 3-layer student's forward, backward and optimizer step on 16 reviews of 256 tokens took 0.54 s with
+PyTorch's path and 0.45 s this way without attention dropout, 0.85 and 0.57 s with it, before the bf16 masks). It
+keeps the probabilities for the backward pass (2 bytes per (head, query, key)), as eager attention does, and with
+dropout the mask (2 bytes more).
 
 What it computes is the textbook attention: softmax(q k^T * scale + mask) * keep / (1 - p) @ v. Evaluation, float32
 attention with a dropout of 0, any device other than CPU and any other dtype go to PyTorch's own dropout and
@@ -52,9 +58,12 @@ def _kept(shape: tuple[int, ...], p: float, generator: np.random.Generator) -> n
     return draws >= round(p * (1 << _BITS))
 
 
-def keep_mask(shape: tuple[int, ...], p: float, generator: np.random.Generator) -> torch.Tensor:
-    """Bool mask, True with probability 1 - p (p rounded to a multiple of 1/65536)."""
-    return torch.from_numpy(_kept(shape, p, generator))
+def keep_mask(shape: tuple[int, ...], p: float, generator: np.random.Generator,
+              dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """Bool mask, True with probability 1 - p (p rounded to a multiple of 1/65536); with another dtype the same
+    draws as 1 (kept) or 0 in that dtype, for a same-dtype multiply."""
+    keep = torch.from_numpy(_kept(shape, p, generator))
+    return keep if dtype == torch.bool else keep.view(torch.uint8).to(dtype)
 
 
 def scaled_keep_mask(shape: tuple[int, ...], p: float, generator: np.random.Generator,
@@ -80,7 +89,7 @@ class _MaskedScale(torch.autograd.Function):
 
 
 class _KeepScale(torch.autograd.Function):
-    """x * keep * scale with a bool keep mask (for dtypes numpy has no type for): the same each way."""
+    """x * keep * scale with a 0 / 1 keep mask in x's dtype (for dtypes numpy has no type for): the same each way."""
 
     @staticmethod
     def forward(ctx, x, keep, scale):
@@ -101,7 +110,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or p >= 1:
         return torch.nn.functional.dropout(x, p, training)
     if x.dtype == torch.bfloat16:
-        return _KeepScale.apply(x, keep_mask(tuple(x.shape), p, numpy_generator()), 1.0 / (1.0 - p))
+        return _KeepScale.apply(x, keep_mask(tuple(x.shape), p, numpy_generator(), x.dtype), 1.0 / (1.0 - p))
     return _MaskedScale.apply(x, scaled_keep_mask(tuple(x.shape), p, numpy_generator(), 1.0 / (1.0 - p)))
 
 
@@ -186,7 +195,7 @@ class _WholeAttention(torch.autograd.Function):
         probs = scores.softmax(-1)
         keep, weights = None, probs
         if p > 0:
-            keep = keep_mask(tuple(probs.shape), p, numpy_generator())
+            keep = keep_mask(tuple(probs.shape), p, numpy_generator(), probs.dtype)
             weights = probs.mul(keep).mul_(1.0 / (1.0 - p))
         ctx.save_for_backward(q_scaled, k, v, probs, keep)
         ctx.p, ctx.scale = p, scale

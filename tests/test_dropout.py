@@ -87,6 +87,37 @@ def test_bf16_dropout_draws_the_float32_masks_and_scales_its_gradient():
     assert torch.equal(x.grad[want], torch.full_like(x.grad[want], 1 / 0.9)) and not x.grad[~want].any()
 
 
+def test_keep_mask_in_another_dtype_is_the_same_draws_as_ones_and_zeros():
+    torch.manual_seed(5)
+    keep = kd.keep_mask((300, 200), 0.1, kd.numpy_generator())
+    torch.manual_seed(5)
+    ones = kd.keep_mask((300, 200), 0.1, kd.numpy_generator(), torch.bfloat16)
+    assert keep.dtype == torch.bool and ones.dtype == torch.bfloat16
+    assert torch.equal(ones, keep.to(torch.bfloat16)) and set(ones.unique().tolist()) == {0.0, 1.0}
+
+
+def test_bf16_dropout_and_attention_give_the_bool_mask_products_bit_for_bit():
+    """The bf16 masks are 0 / 1 in bf16 (a same-dtype multiply); the products are those of a bool mask."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 40, 32).bfloat16().requires_grad_()
+    grad = torch.randn(6, 40, 32).bfloat16()
+    torch.manual_seed(7)
+    y = kd.dropout(x, 0.1)
+    y.backward(grad)
+    torch.manual_seed(7)
+    keep = kd.keep_mask((6, 40, 32), 0.1, kd.numpy_generator())
+    assert torch.equal(y, x.detach().mul(keep).mul_(1 / 0.9))
+    assert torch.equal(x.grad, grad.mul(keep).mul_(1 / 0.9))
+
+    q, k, v = (torch.randn(2, 3, 9, 8).bfloat16() for _ in range(3))
+    torch.manual_seed(1)
+    out = kd.attention(q, k, v, None, 0.2, 8 ** -0.5)
+    torch.manual_seed(1)
+    keep = kd.keep_mask((2, 3, 9, 9), 0.2, kd.numpy_generator())
+    probs = torch.matmul(q * 8 ** -0.5, k.transpose(-1, -2)).softmax(-1)
+    assert torch.equal(out, torch.matmul(probs.mul(keep).mul_(1 / 0.8), v))
+
+
 def reference_probs_attention(q, k, v, mask, keep, p, scale):
     """The textbook formula with an additive mask, in the inputs' dtype step by step."""
     scores = (q * scale) @ k.transpose(-1, -2)

@@ -1,0 +1,63 @@
+"""The KD student's training step that benchmarks/omp_wait.py and benchmarks/dropout_masks.py time.
+
+It is the step of the speed benchmark's logit-cache pair (benchmarks/speed.py, kdapp_2ep_cache*): a 3-layer student
+made from the teacher (layers 0, 2, 4), kdapp's CPU dropout, last layer at [CLS] only, 16 reviews of
+../shared/data/imdb/train.parquet in length-grouped batches (at most 256 tokens) in a shuffled order, the KD loss
+against fixed soft targets, gradients clipped at 1.0, fused AdamW; under bf16 autocast for precision "bf16". The
+teacher is checkpoints/cpu-scale/teacher, else the pip-installed all-MiniLM-L6-v2: the step's time does not depend
+on the weights. Call it inside kdapp.memory.keep_freed_memory(), as a training run does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "imdb" / "train.parquet"
+TEACHER = ROOT / "checkpoints" / "cpu-scale" / "teacher"
+BATCH, REVIEWS = 16, 640
+
+
+def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: int = REVIEWS):
+    """(step, batches): step(batch) trains the student on one batch (a list of row numbers); step.forward_backward(
+    batch) only adds the batch's gradients to step.student's and returns its logits."""
+    import pandas as pd
+    import torch
+
+    from kdapp.cls_only import use_cls_only
+    from kdapp.distill import distillation_loss
+    from kdapp.dropout import use_fast_dropout
+    from kdapp.encoding import encode
+    from kdapp.inference import pad_batch
+    from kdapp.models import load_pair, minilm_path, set_attention_dropout, student_from_teacher
+
+    teacher, tokenizer = load_pair(str(TEACHER if TEACHER.is_dir() else minilm_path()))
+    rows = pd.read_parquet(data).sample(reviews, random_state=1)
+    ids = encode(tokenizer, rows["text"].tolist(), 256, "head_tail", None)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
+    batches = [batches[i] for i in torch.randperm(len(batches), generator=torch.Generator().manual_seed(0))]
+    labels, soft = torch.tensor(rows["label"].to_numpy()), torch.randn(len(ids), 2)
+    student = student_from_teacher(teacher, 3)
+    set_attention_dropout(student, attention_dropout)
+    use_fast_dropout(student)
+    use_cls_only(student)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5, fused=True)
+    bf16 = precision == "bf16"
+
+    def forward_backward(batch: list[int]) -> torch.Tensor:
+        """The batch's loss backward (gradients accumulate in the student); returns the student's logits."""
+        inputs = pad_batch([ids[i] for i in batch], tokenizer.pad_token_id or 0, "cpu")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = student(**inputs).logits
+        loss, _, _ = distillation_loss(logits, soft[batch], labels[batch])
+        loss.backward()
+        return logits.detach()
+
+    def step(batch: list[int]) -> None:
+        forward_backward(batch)
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step.forward_backward, step.student = forward_backward, student
+    return step, batches
