@@ -78,7 +78,7 @@ def test_fast_dropout_scales_the_kept_elements_and_its_gradient():
 def test_bf16_dropout_draws_the_float32_masks_and_scales_its_gradient():
     torch.manual_seed(7)
     want = kd.dropout(torch.ones(300, 200), 0.1) != 0
-    torch.manual_seed(7)  # the same seed: the same draws, applied as a bool mask
+    torch.manual_seed(7)  # the same seed: the same draws, applied as a 0 / 1 bf16 mask
     x = torch.full((300, 200), 3.0, dtype=torch.bfloat16, requires_grad=True)
     y = kd.dropout(x, 0.1)
     assert y.dtype == torch.bfloat16 and torch.equal(y != 0, want)
