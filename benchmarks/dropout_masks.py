@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
-from pathlib import Path
 
-from student_step import DATA, student_step  # benchmarks/ is on the path: this file runs as a script
+from student_step import DATA, save_report, student_step  # benchmarks/ is on the path: this file runs as a script
 
 KINDS = ("bool mask (before)", "bf16 mask (kdapp)")
 
@@ -108,16 +106,8 @@ def write_report(args, env: dict, table: dict, detail: dict, threads: int) -> No
     for attention_dropout, row in table.items():
         cells = [f"{row['s_per_step'][kind]:.3f} s" for kind in KINDS]
         lines.append(f"| {attention_dropout:g} | " + " | ".join(cells) + f" | {row['speedup']:.2f}x |")
-    print("\n" + "\n".join(lines))
-    if not args.out:
-        return
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python benchmarks/dropout_masks.py", *sys.argv[1:]])
-    out.with_suffix(".md").write_text(f"# bf16 dropout masks: bool vs bf16\n\n`{command}`\n\n" + "\n".join(lines)
-                                      + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "setup": vars(args), "env": env,
-                                                    "table": table, "seconds": detail}, indent=1))
+    save_report(args.out, "bf16 dropout masks: bool vs bf16", lines,
+                {"setup": vars(args), "env": env, "table": table, "seconds": detail})
 
 
 if __name__ == "__main__":

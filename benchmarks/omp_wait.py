@@ -144,18 +144,10 @@ def write_report(args, env: dict, results: dict[str, dict[str, list[float]]], ru
         cells = [f"{by_policy[n]['s_per_step']:.3f} s ({by_policy[n]['speedup_vs_passive']:.2f}x)" for n in names]
         what = "idle" if condition == "idle" else "one busy-looping process beside it"
         lines.append(f"| {what} | " + " | ".join(cells) + " |")
-    print("\n" + "\n".join(lines))
-    if not args.out:
-        return
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python benchmarks/omp_wait.py", *sys.argv[1:]])
-    out.with_suffix(".md").write_text(
-        f"# OpenMP wait policy and a KD student's training step\n\n`{command}`\n\n" + "\n".join(lines)
-        + "\n\n(x: PASSIVE's time over the policy's; above 1 is faster than PASSIVE)\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "setup": vars(args), "env": env,
-                                                    "rounds": results, "runs": runs, "median": medians},
-                                                   indent=1))
+    from student_step import save_report  # benchmarks/ is on the path: this file runs as a script
+    save_report(args.out, "OpenMP wait policy and a KD student's training step", lines,
+                {"setup": vars(args), "env": env, "rounds": results, "runs": runs, "median": medians},
+                "(x: PASSIVE's time over the policy's; above 1 is faster than PASSIVE)")
 
 
 if __name__ == "__main__":

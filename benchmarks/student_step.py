@@ -1,4 +1,5 @@
-"""The KD student's training step that benchmarks/omp_wait.py and benchmarks/dropout_masks.py time.
+"""The KD student's training step that benchmarks/omp_wait.py and benchmarks/dropout_masks.py time (and how the two
+save their reports).
 
 It is the step of the speed benchmark's logit-cache pair (benchmarks/speed.py, kdapp_2ep_cache*): a 3-layer student
 made from the teacher (layers 0, 2, 4), kdapp's CPU dropout, last layer at [CLS] only, 16 reviews of
@@ -9,6 +10,8 @@ on the weights. Call it inside kdapp.memory.keep_freed_memory(), as a training r
 """
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +64,18 @@ def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: 
 
     step.forward_backward, step.student = forward_backward, student
     return step, batches
+
+
+def save_report(out: str | None, title: str, lines: list[str], payload: dict, footer: str = "") -> None:
+    """Print the report's lines; with out, also write them under the title and the command that ran to OUT.md, and
+    the command and payload to OUT.json."""
+    print("\n" + "\n".join(lines))
+    if not out:
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    script = Path(sys.argv[0]).name
+    command = " ".join([f"python benchmarks/{script}", *sys.argv[1:]])
+    path.with_suffix(".md").write_text(f"# {title}\n\n`{command}`\n\n" + "\n".join(lines) + "\n"
+                                       + (f"\n{footer}\n" if footer else ""))
+    path.with_suffix(".json").write_text(json.dumps({"command": command} | payload, indent=1))
