@@ -40,7 +40,6 @@ POLICIES = {
     "GOMP_SPINCOUNT=300000": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "300000"},
     "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None},
 }
-BATCH = 16  # benchmarks/student_step.py
 
 
 def worker(args) -> dict:
@@ -135,6 +134,7 @@ def main() -> None:
 def write_report(args, env: dict, results: dict[str, dict[str, list[float]]], runs: list[dict]) -> None:
     """Print the table of medians; with --out also write it to OUT.md, and every worker's run to OUT.json (env is
     this driver's; each run names the variables its own process started with)."""
+    from student_step import BATCH, save_report  # benchmarks/ is on the path: this file runs as a script
     medians, names = summary(results), list(POLICIES)
     lines = [f"{env['cpu_model']}, {env['cpu_count']} CPUs ({', '.join(env['cpu_flags'])}), torch {env['torch']}, "
              f"{env['threads']} threads; student step in {args.precision}, batch {BATCH}, {args.steps} timed steps "
@@ -144,7 +144,6 @@ def write_report(args, env: dict, results: dict[str, dict[str, list[float]]], ru
         cells = [f"{by_policy[n]['s_per_step']:.3f} s ({by_policy[n]['speedup_vs_passive']:.2f}x)" for n in names]
         what = "idle" if condition == "idle" else "one busy-looping process beside it"
         lines.append(f"| {what} | " + " | ".join(cells) + " |")
-    from student_step import save_report  # benchmarks/ is on the path: this file runs as a script
     save_report(args.out, "OpenMP wait policy and a KD student's training step", lines,
                 {"setup": vars(args), "env": env, "rounds": results, "runs": runs, "median": medians},
                 "(x: PASSIVE's time over the policy's; above 1 is faster than PASSIVE)")
