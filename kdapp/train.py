@@ -69,6 +69,7 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
         set_attention_dropout(model, cfg.attention_dropout)
     dropout_path = _dropout_path(cfg, model, amp)
     last_layer = _last_layer(cfg, model)
+    frozen = _freeze_word_embeddings(cfg, model)
     max_length = _check_max_length(cfg, model)
     train_ds, eval_ds = (_tokenize(cfg, splits[s], tokenizer, max_length) for s in ("train", "validation"))
     # windows and masked copies of the labelled reviews, each with its review's label (as for a no-KD student)
@@ -84,7 +85,8 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     trainer.model_accepts_loss_kwargs = False
     meta = {"train_rows": len(train_ds) - len(views), "augment_rows": len(views), "held_out_rows": held_out,
             "max_length_effective": max_length,
-            "dropout_path": dropout_path, "last_layer": last_layer, "mixed_precision_effective": _amp_name(amp)}
+            "dropout_path": dropout_path, "last_layer": last_layer, "mixed_precision_effective": _amp_name(amp),
+            "frozen_parameters": frozen}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
 
 
@@ -110,6 +112,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         raise ValueError(f"hidden_loss needs equal widths; teacher hidden_size {teacher.config.hidden_size} != "
                          f"student {student.config.hidden_size}. Use --hidden_loss none or a student from the teacher.")
     last_layer = _last_layer(cfg, student)
+    frozen = _freeze_word_embeddings(cfg, student)
     folds = check_fold_teachers(cfg, len(splits["train"])) if cfg.fold_teachers else None  # before tokenizing
 
     train_rows = splits["train"]
@@ -200,6 +203,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
             "teacher_precision_effective": _teacher_precision(cfg, use_cuda, amp),
             "mixed_precision_effective": _amp_name(amp),
             "teacher_params": teacher_params, "dropout_path": dropout_path, "last_layer": last_layer,
+            "frozen_parameters": frozen,
             "mixup_targets": _view_targets(cfg, cfg.mixup_alpha),
             "online_mask_targets": _view_targets(cfg, cfg.online_mask_prob)}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
@@ -250,6 +254,16 @@ def _dropout_path(cfg: RunConfig, model, amp: torch.dtype | None) -> str:
         return "torch"
     use_fast_dropout(model)
     return "kdapp-cpu"
+
+
+def _freeze_word_embeddings(cfg: RunConfig, model) -> int:
+    """With cfg.freeze_word_embeddings, stop training the model's word embeddings (the Trainer's optimizer and
+    gradient clipping skip parameters without requires_grad); the number of parameters frozen, for the metadata."""
+    if not cfg.freeze_word_embeddings:
+        return 0
+    weight = model.get_input_embeddings().weight
+    weight.requires_grad_(False)
+    return weight.numel()
 
 
 def _last_layer(cfg: RunConfig, model) -> str:

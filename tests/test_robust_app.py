@@ -189,7 +189,8 @@ def kd_and_nokd_runs(demo, teacher, data, **form):
 def test_teacher_length_precision_and_views_reach_the_run(runs, tmp_path, reviews_parquet, in_tmp_cwd):
     demo = build_app(JobRegistry(), tmp_path / "ckpt")
     kd, nokd = kd_and_nokd_runs(demo, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
-                                teacher_max_length=32, teacher_precision="int8", mixup_alpha=0.4, online_mask_prob=0.2)
+                                teacher_max_length=32, teacher_precision="int8", mixup_alpha=0.4, online_mask_prob=0.2,
+                                freeze_word_embeddings=True)
     assert (kd.run_config["teacher_max_length"], kd.run_config["meta"]["teacher_precision_effective"]) == (32, "int8")
     assert (kd.run_config["mixup_alpha"], kd.run_config["meta"]["mixup_targets"]) == (0.4, "teacher")
     assert (kd.run_config["online_mask_prob"], kd.run_config["meta"]["online_mask_targets"]) == (0.2, "teacher")
@@ -197,6 +198,8 @@ def test_teacher_length_precision_and_views_reach_the_run(runs, tmp_path, review
         (None, None)  # the no-KD student of the same job has no teacher
     assert (nokd.run_config["mixup_alpha"], nokd.run_config["meta"]["mixup_targets"]) == (0.0, None)
     assert (nokd.run_config["online_mask_prob"], nokd.run_config["meta"]["online_mask_targets"]) == (0.0, None)
+    for run in (kd, nokd):  # a student recipe choice: the no-KD control freezes them too
+        assert run.run_config["freeze_word_embeddings"] and run.run_config["meta"]["frozen_parameters"] > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 training is refused on CPU only")

@@ -147,6 +147,32 @@ def test_attention_dropout_reaches_the_student_and_its_saved_config(teacher_run,
     assert teacher.config.attention_probs_dropout_prob > 0  # the teacher's own folder is left as it was
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_word_embeddings_keeps_the_teachers_and_trains_the_rest(teacher_run, reviews_parquet, workdir, freeze):
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER,
+                                         workdir / f"frozen-{freeze}", freeze_word_embeddings=freeze))
+    assert result.status == "done", result.message
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_run.output_dir)
+    student = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
+    words = teacher.get_input_embeddings().weight
+    assert torch.equal(student.get_input_embeddings().weight, words) is freeze
+    # the rest trained either way: the layer the student took from the teacher's first has moved
+    assert not torch.equal(student.bert.encoder.layer[0].output.dense.weight,
+                           teacher.bert.encoder.layer[0].output.dense.weight)
+    meta = load_run_info(result.output_dir).run_config["meta"]
+    assert meta["frozen_parameters"] == (words.numel() if freeze else 0)
+
+
+def test_freeze_word_embeddings_on_a_teacher_run(teacher_dir, reviews_parquet, workdir):
+    result = train_teacher(teacher_cfg(reviews_parquet, workdir / "teacher-frozen", model=str(teacher_dir),
+                                       freeze_word_embeddings=True))
+    assert result.status == "done", result.message
+    start = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    trained = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
+    assert torch.equal(trained.get_input_embeddings().weight, start.get_input_embeddings().weight)
+    assert not torch.equal(trained.classifier.weight, start.classifier.weight)
+
+
 @pytest.mark.parametrize("fast_dropout, path", [(True, "kdapp-cpu"), (False, "torch")])
 def test_dropout_path_is_recorded_and_the_checkpoint_is_plain(teacher_run, reviews_parquet, workdir, fast_dropout,
                                                               path):

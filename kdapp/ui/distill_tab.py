@@ -148,6 +148,10 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                                                 "set and the logit cache)",
                                            elem_id="distill_transfer_teachers")
             mixed_precision = mixed_precision_radio("distill")
+            freeze_words = gr.Checkbox(DEFAULTS.freeze_word_embeddings, elem_id="distill_freeze_word_embeddings",
+                                       label="Freeze the student's word embeddings",
+                                       info="faster CPU steps, no accuracy cost measured at CPU scale (README: "
+                                            "Speed); the no-KD student too")
             run_name = gr.Textbox("", label="Run name (empty = automatic)")
     password = password_box(ctx, "distill")
     with gr.Row():
@@ -162,7 +166,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             hidden_loss, hidden_loss_weight, cache_logits, augment, augment_masked, max_steps, logging_steps,
             eval_strategy, seed, threads, run_name, attention_dropout, teacher_max_length, teacher_precision,
             mixup_alpha, online_mask_prob, fold_teachers, mixed_precision, transfer_windows, cross_fit_views,
-            augment_labels, transfer_teachers]
+            augment_labels, transfer_teachers, freeze_words]
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
@@ -172,7 +176,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                       logging_steps, eval_strategy, seed, num_threads, run_name, attention_dropout=None,
                       teacher_max_length=None, teacher_precision="auto", mixup_alpha=0.0, online_mask_prob=0.0,
                       fold_teachers="", mixed_precision="auto", transfer_windows=0, cross_fit_views=False,
-                      augment_labels=False, transfer_teachers="", password=""):
+                      augment_labels=False, transfer_teachers="", freeze_word_embeddings=False, password=""):
         """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
         ctx.unlock(password)
         from_teacher = student_source != OTHER_LABEL
@@ -198,7 +202,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             mixup_alpha=as_float(mixup_alpha) or 0.0, online_mask_prob=as_float(online_mask_prob) or 0.0,
             fold_teachers=model_names(ctx, fold_teachers), cross_fit_views=bool(cross_fit_views),
             augment_labels=bool(augment_labels), transfer_teachers=model_names(ctx, transfer_teachers),
-            mixed_precision=mixed_precision or "auto")
+            mixed_precision=mixed_precision or "auto", freeze_word_embeddings=bool(freeze_word_embeddings))
         cfg = build_config("distill", ctx.root, **values)
         stages = [Stage("KD student" if cfg.alpha < 1 else "no-KD student", distill_student, cfg)]
         if also_nokd and cfg.alpha < 1:
