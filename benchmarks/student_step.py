@@ -20,9 +20,11 @@ TEACHER = ROOT / "checkpoints" / "cpu-scale" / "teacher"
 BATCH, REVIEWS = 16, 640
 
 
-def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: int = REVIEWS):
+def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: int = REVIEWS,
+                 freeze_word_embeddings: bool = False):
     """(step, batches): step(batch) trains the student on one batch (a list of row numbers); step.forward_backward(
-    batch) only adds the batch's gradients to step.student's and returns its logits."""
+    batch) only adds the batch's gradients to step.student's and returns its logits. freeze_word_embeddings: as the
+    run option does, the word embeddings get no gradient, clipping or AdamW update."""
     import pandas as pd
     import torch
 
@@ -44,7 +46,9 @@ def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: 
     set_attention_dropout(student, attention_dropout)
     use_fast_dropout(student)
     use_cls_only(student)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5, fused=True)
+    student.get_input_embeddings().weight.requires_grad_(not freeze_word_embeddings)
+    trained = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-5, fused=True)
     bf16 = precision == "bf16"
 
     def forward_backward(batch: list[int]) -> torch.Tensor:
@@ -58,7 +62,7 @@ def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: 
 
     def step(batch: list[int]) -> None:
         forward_backward(batch)
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         optimizer.zero_grad()
 
