@@ -64,6 +64,11 @@ class RunConfig:
                                                "(default: the model's own, 0.1 for BERT and DistilBERT). 0 keeps "
                                                "PyTorch's fused attention kernel on CPU: faster steps, but a recipe "
                                                "change (README: Speed, and its accuracy).")
+    hidden_dropout: float | None = _f(None, "Dropout on the hidden states of the model being trained: after the "
+                                            "embeddings, each attention and feed-forward block, and before the "
+                                            "classifier (default: the model's own, 0.1 for BERT; DistilBERT's head "
+                                            "0.2). 0 draws no masks: faster CPU steps, a recipe change (README: "
+                                            "Speed, and its accuracy).")
     fast_dropout: bool = _f(True, "CPU training: draw dropout masks with numpy's PCG64 and run attention with "
                                   "dropout block by block (kdapp/dropout.py): the same Bernoulli masks, p rounded "
                                   "to 1/65536; one KD epoch took 333 s instead of 401 s on 2 cores (README: Speed). "
@@ -169,6 +174,8 @@ class RunConfig:
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.attention_dropout is None or 0 <= self.attention_dropout < 1,
              f"attention_dropout must be in [0, 1), got {self.attention_dropout}"),
+            (self.hidden_dropout is None or 0 <= self.hidden_dropout < 1,
+             f"hidden_dropout must be in [0, 1), got {self.hidden_dropout}"),
             (self.truncation in ("head", "head_tail"), f"truncation must be head or head_tail, got {self.truncation!r}"),
             (self.hidden_loss in ("none", "cosine", "mse"), f"hidden_loss must be none, cosine or mse, got {self.hidden_loss!r}"),
             (self.hidden_loss_weight >= 0, f"hidden_loss_weight must be >= 0, got {self.hidden_loss_weight}"),

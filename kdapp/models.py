@@ -219,15 +219,41 @@ def set_attention_dropout(model: torch.nn.Module, p: float) -> int:
     (head, query, key) triple: for a 3-layer student at 16 x 256 tokens that is half of the forward pass.
     """
     changed = 0
-    for module in model.modules():
-        if type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None),
-                                                                          torch.nn.Dropout):
-            module.dropout.p = p
-            changed += 1
+    for dropout in _attention_dropouts(model):
+        dropout.p = p
+        changed += 1
     if not changed:
         raise ValueError(f"attention_dropout: no self-attention layer with a dropout found in {type(model).__name__}; "
                          "leave attention_dropout unset for this model")
     for key in ("attention_probs_dropout_prob", "attention_dropout"):  # BERT / DistilBERT config names
+        if hasattr(model.config, key):
+            setattr(model.config, key, p)
+    return changed
+
+
+def _attention_dropouts(model: torch.nn.Module) -> list[torch.nn.Dropout]:
+    """The dropout on the attention probabilities of each self-attention module (BERT's and DistilBERT's)."""
+    return [module.dropout for module in model.modules()
+            if type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None),
+                                                                            torch.nn.Dropout)]
+
+
+def set_hidden_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set every dropout but the attention probabilities' (after the embeddings, after each attention and
+    feed-forward block, before the classifier) to p; returns how many changed. As with set_attention_dropout the
+    modules read p at every forward, and the config says it (BERT: hidden_dropout_prob and classifier_dropout;
+    DistilBERT: dropout and seq_classif_dropout), so a saved checkpoint does too. With p = 0 kdapp's CPU dropout
+    draws no masks."""
+    attention = {id(d) for d in _attention_dropouts(model)}
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and id(module) not in attention:
+            module.p = p
+            changed += 1
+    if not changed:
+        raise ValueError(f"hidden_dropout: no dropout outside the attention found in {type(model).__name__}; leave "
+                         "hidden_dropout unset for this model")
+    for key in ("hidden_dropout_prob", "classifier_dropout", "dropout", "seq_classif_dropout"):
         if hasattr(model.config, key):
             setattr(model.config, key, p)
     return changed

@@ -32,7 +32,7 @@ from .evaluation import score
 from .inference import native_bf16, prepare_model
 from .metrics import trainer_metrics
 from .models import (check_same_tokenizer, count_parameters, load_model, load_pair, load_tokenizer,
-                     set_attention_dropout, student_from_teacher)
+                     set_attention_dropout, set_hidden_dropout, student_from_teacher)
 from .quantize import CALIBRATION_ROWS, activation_maxima, calibration_tag
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
     model, tokenizer = load_pair(cfg.model)
     if cfg.attention_dropout is not None:
         set_attention_dropout(model, cfg.attention_dropout)
+    if cfg.hidden_dropout is not None:
+        set_hidden_dropout(model, cfg.hidden_dropout)
     dropout_path = _dropout_path(cfg, model, amp)
     last_layer = _last_layer(cfg, model)
     frozen = _freeze_word_embeddings(cfg, model)
@@ -105,6 +107,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
     check_same_tokenizer(teacher_tok, tokenizer)
     if cfg.attention_dropout is not None:
         set_attention_dropout(student, cfg.attention_dropout)
+    if cfg.hidden_dropout is not None:
+        set_hidden_dropout(student, cfg.hidden_dropout)
     dropout_path = _dropout_path(cfg, student, amp)
     max_length = _check_max_length(cfg, student, teacher)
     teacher_length = _check_teacher_length(cfg, teacher)

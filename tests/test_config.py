@@ -22,6 +22,7 @@ def test_defaults_are_the_seeds_recipe():
     ("hidden_loss", "l1"), ("mixed_precision", "fp8"), ("eval_strategy", "sometimes"), ("report_to", "tensorboard"),
     ("max_train_samples", 0), ("max_eval_samples", -3), ("student_layers", 0), ("save_steps", 0),
     ("attention_dropout", 1.0), ("attention_dropout", -0.1), ("teacher_max_length", 4), ("teacher_precision", "int4"),
+    ("hidden_dropout", 1.0), ("hidden_dropout", -0.1),
 ])
 def test_bad_values_are_refused_with_the_field_name(field, value):
     with pytest.raises(ValueError, match=field):

@@ -8,7 +8,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 
 from conftest import VOCAB, tiny_bert, tiny_distilbert
 from kdapp.models import (LABELS, ModelError, check_same_tokenizer, count_parameters, load_model, load_pair,
-                          load_tokenizer, set_attention_dropout, student_from_teacher, student_layer_map)
+                          load_tokenizer, set_attention_dropout, set_hidden_dropout, student_from_teacher,
+                          student_layer_map)
 
 
 def _copy_weights_only(src, dst):
@@ -212,6 +213,34 @@ def test_attention_dropout_is_set_on_every_layer_and_in_the_config(make, key):
     assert set_attention_dropout(model, 0.0) == 2
     assert model.config.to_dict()[key] == 0.0
     assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+# ---------------------------------------------------------------- hidden dropout
+@pytest.mark.parametrize("make, keys, count", [
+    (tiny_bert, ("hidden_dropout_prob", "classifier_dropout"), 6),  # embeddings, 2 x (attention out, FFN out), head
+    (tiny_distilbert, ("dropout", "seq_classif_dropout"), 4),  # embeddings, 2 x FFN out, head
+])
+def test_hidden_dropout_sets_every_dropout_but_the_attentions_and_the_config(make, keys, count):
+    """With the attention dropout off, p > 0 makes two training forwards differ and p = 0 makes them equal; the
+    attention's own dropout is left as it was."""
+    model = make(layers=2).train()
+    set_attention_dropout(model, 0.0)
+    ids = torch.randint(5, len(VOCAB), (2, 12))
+    torch.manual_seed(0)
+    assert set_hidden_dropout(model, 0.5) == count
+    assert not torch.allclose(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert set_hidden_dropout(model, 0.0) == count
+    assert all(model.config.to_dict()[key] == 0.0 for key in keys)
+    assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    set_attention_dropout(model, 0.3)
+    set_hidden_dropout(model, 0.0)
+    ps = sorted(m.p for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert ps == [0.0] * count + [0.3, 0.3]
+
+
+def test_hidden_dropout_on_a_model_without_dropout_is_refused():
+    with pytest.raises(ValueError, match="no dropout outside the attention"):
+        set_hidden_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2)), 0.0)
 
 
 def test_attention_dropout_on_a_model_without_self_attention_is_refused():

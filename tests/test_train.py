@@ -147,6 +147,18 @@ def test_attention_dropout_reaches_the_student_and_its_saved_config(teacher_run,
     assert teacher.config.attention_probs_dropout_prob > 0  # the teacher's own folder is left as it was
 
 
+def test_hidden_dropout_reaches_the_student_and_its_saved_config(teacher_run, reviews_parquet, workdir):
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER, workdir / "hd0",
+                                         hidden_dropout=0.0))
+    assert result.status == "done", result.message
+    assert load_run_info(result.output_dir).run_config["hidden_dropout"] == 0.0
+    saved = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
+    assert saved.config.hidden_dropout_prob == 0.0 and saved.config.classifier_dropout == 0.0
+    assert saved.config.attention_probs_dropout_prob > 0  # the attention's is the model's own
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_run.output_dir)
+    assert teacher.config.hidden_dropout_prob > 0  # the teacher's own folder is left as it was
+
+
 @pytest.mark.parametrize("freeze", [True, False])
 def test_freeze_word_embeddings_keeps_the_teachers_and_trains_the_rest(teacher_run, reviews_parquet, workdir, freeze):
     result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER,

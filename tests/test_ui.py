@@ -235,4 +235,4 @@ def test_recipe_presets_fill_every_field_and_make_a_valid_config(scale):
     assert cfg.alpha < 1 and cfg.cache_teacher_logits and cfg.transfer_data
     if scale == "cpu":  # kd-transfer-masked-windows of benchmarks/accuracy.py (2,000 transfer reviews)
         assert (cfg.augment_masked, cfg.augment_windows, cfg.transfer_samples) == (1, 2, 2000)
-        assert cfg.attention_dropout is None
+        assert cfg.attention_dropout is None and cfg.hidden_dropout is None

@@ -23,7 +23,7 @@ DEFAULTS = RunConfig(kind="distill", teacher="-")
 PRESET_FIELDS = ("num_train_epochs", "learning_rate", "warmup_steps", "truncation", "augment_windows", "augment_masked",
                  "cache_teacher_logits", "alpha", "temperature", "max_length", "per_device_train_batch_size",
                  "transfer_data", "transfer_samples", "max_train_samples", "data", "attention_dropout",
-                 "transfer_windows", "augment_labels")
+                 "transfer_windows", "augment_labels", "hidden_dropout")
 
 
 def model_names(ctx, folders: str | None) -> str | None:
@@ -46,10 +46,10 @@ def recipe_preset(scale: str) -> dict:
     if scale == "cpu":
         return common | dict(max_length=256, per_device_train_batch_size=16, transfer_data="rest",
                              transfer_samples=2000, max_train_samples=2000, data=gr.skip(), augment_masked=1,
-                             augment_windows=2, transfer_windows=0, attention_dropout=None)
+                             augment_windows=2, transfer_windows=0, attention_dropout=None, hidden_dropout=None)
     return common | dict(max_length=512, per_device_train_batch_size=32, transfer_data="imdb:unsupervised",
                          transfer_samples=0, max_train_samples=0, data="imdb", augment_masked=0, augment_windows=0,
-                         transfer_windows=0, attention_dropout=None)
+                         transfer_windows=0, attention_dropout=None, hidden_dropout=None)
 
 
 def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
@@ -116,6 +116,10 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                                           info="0 keeps the fused attention kernel: faster on CPU, but a "
                                                "recipe change (README)",
                                           elem_id="distill_attention_dropout")
+            hidden_dropout = gr.Number(None, label="Hidden dropout (empty = the student's own, 0.1)",
+                                       info="after the embeddings, each block and before the head; 0 draws no "
+                                            "masks: faster on CPU, a recipe change (README); the no-KD student too",
+                                       elem_id="distill_hidden_dropout")
             teacher_max_length = gr.Number(None, precision=0, elem_id="distill_teacher_max_length",
                                            label="Teacher max length (empty = Max length)",
                                            info="the teacher labels the cache from longer inputs than the student "
@@ -166,7 +170,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             hidden_loss, hidden_loss_weight, cache_logits, augment, augment_masked, max_steps, logging_steps,
             eval_strategy, seed, threads, run_name, attention_dropout, teacher_max_length, teacher_precision,
             mixup_alpha, online_mask_prob, fold_teachers, mixed_precision, transfer_windows, cross_fit_views,
-            augment_labels, transfer_teachers, freeze_words]
+            augment_labels, transfer_teachers, freeze_words, hidden_dropout]
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
@@ -176,7 +180,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                       logging_steps, eval_strategy, seed, num_threads, run_name, attention_dropout=None,
                       teacher_max_length=None, teacher_precision="auto", mixup_alpha=0.0, online_mask_prob=0.0,
                       fold_teachers="", mixed_precision="auto", transfer_windows=0, cross_fit_views=False,
-                      augment_labels=False, transfer_teachers="", freeze_word_embeddings=False, password=""):
+                      augment_labels=False, transfer_teachers="", freeze_word_embeddings=False, hidden_dropout=None,
+                      password=""):
         """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
         ctx.unlock(password)
         from_teacher = student_source != OTHER_LABEL
@@ -202,7 +207,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             mixup_alpha=as_float(mixup_alpha) or 0.0, online_mask_prob=as_float(online_mask_prob) or 0.0,
             fold_teachers=model_names(ctx, fold_teachers), cross_fit_views=bool(cross_fit_views),
             augment_labels=bool(augment_labels), transfer_teachers=model_names(ctx, transfer_teachers),
-            mixed_precision=mixed_precision or "auto", freeze_word_embeddings=bool(freeze_word_embeddings))
+            mixed_precision=mixed_precision or "auto", freeze_word_embeddings=bool(freeze_word_embeddings),
+            hidden_dropout=as_float(hidden_dropout))
         cfg = build_config("distill", ctx.root, **values)
         stages = [Stage("KD student" if cfg.alpha < 1 else "no-KD student", distill_student, cfg)]
         if also_nokd and cfg.alpha < 1:
@@ -238,7 +244,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
     start.click(start_distill, form + [password], panel.start_outputs, api_name="start_distill")
     preset_outputs = dict(zip(PRESET_FIELDS, [epochs, lr, warmup, truncation, augment, augment_masked, cache_logits,
                                               alpha, temperature, max_length, batch, transfer_data, transfer_samples,
-                                              max_train, data, attention_dropout, transfer_windows, augment_labels],
+                                              max_train, data, attention_dropout, transfer_windows, augment_labels,
+                                              hidden_dropout],
                                   strict=True))
     for scale, button in (("cpu", recipe_cpu), ("gpu", recipe_gpu)):
         button.click(lambda scale=scale: tuple(recipe_preset(scale)[k] for k in PRESET_FIELDS), None,
