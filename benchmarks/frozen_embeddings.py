@@ -19,18 +19,11 @@ From the repo root:
 from __future__ import annotations
 
 import argparse
-import time
 
-from student_step import DATA, save_report, student_step  # benchmarks/ is on the path: this file runs as a script
+# benchmarks/ is on the path: this file runs as a script
+from student_step import DATA, alternate, save_report, student_step, summary  # noqa: F401  (summary: the tests')
 
 ARMS = ("trained (default)", "frozen")
-
-
-def summary(seconds: dict[str, list[float]]) -> dict[str, float]:
-    """Each arm's mean s/step over its timed steps, and the trained arm's time over the frozen one's (> 1: faster)."""
-    mean = {arm: sum(times) / len(times) for arm, times in seconds.items()}
-    return {"s_per_step": {arm: round(m, 4) for arm, m in mean.items()},
-            "speedup": round(mean[ARMS[0]] / mean[ARMS[1]], 3)}
 
 
 def trained_parameters(step) -> int:
@@ -57,19 +50,8 @@ def main() -> None:
         built = {arm: student_step(args.data, precision, freeze_word_embeddings=arm == ARMS[1]) for arm in ARMS}
         steps, batches = {arm: step for arm, (step, _) in built.items()}, built[ARMS[0]][1]  # batches: seeded alike
         params[precision] = {arm: trained_parameters(step) for arm, step in steps.items()}
-        seconds = {arm: [] for arm in ARMS}
         with keep_freed_memory():
-            for batch in batches[:4]:  # warm-up: the allocator's heap and oneDNN's kernels
-                for step in steps.values():
-                    step(batch)
-            for r in range(args.rounds):
-                for n, batch in enumerate(batches):
-                    for arm in (ARMS if (n + r) % 2 == 0 else ARMS[::-1]):
-                        start = time.perf_counter()
-                        steps[arm](batch)
-                        seconds[arm].append(time.perf_counter() - start)
-                print(f"{precision}: round {r + 1}: " + ", ".join(
-                    f"{arm} {1e3 * sum(t) / len(t):.1f} ms" for arm, t in seconds.items()), flush=True)
+            seconds = alternate(steps, batches, args.rounds, precision)
         table[precision], detail[precision] = summary(seconds), seconds
     write_report(args, env, table, detail, params, torch.get_num_threads())
 

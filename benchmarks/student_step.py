@@ -1,5 +1,5 @@
-"""The KD student's training step that benchmarks/omp_wait.py and benchmarks/dropout_masks.py time (and how the two
-save their reports).
+"""The KD student's training step that benchmarks/omp_wait.py, dropout_masks.py, frozen_embeddings.py and
+hidden_dropout.py time, how the last two alternate their arms, and how they all save their reports.
 
 It is the step of the speed benchmark's logit-cache pair (benchmarks/speed.py, kdapp_2ep_cache*): a 3-layer student
 made from the teacher (layers 0, 2, 4), kdapp's CPU dropout, last layer at [CLS] only, 16 reviews of
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,10 +22,11 @@ BATCH, REVIEWS = 16, 640
 
 
 def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: int = REVIEWS,
-                 freeze_word_embeddings: bool = False):
+                 freeze_word_embeddings: bool = False, hidden_dropout: float | None = None):
     """(step, batches): step(batch) trains the student on one batch (a list of row numbers); step.forward_backward(
-    batch) only adds the batch's gradients to step.student's and returns its logits. freeze_word_embeddings: as the
-    run option does, the word embeddings get no gradient, clipping or AdamW update."""
+    batch) only adds the batch's gradients to step.student's and returns its logits. As the run options do:
+    freeze_word_embeddings, the word embeddings get no gradient, clipping or AdamW update; hidden_dropout, every
+    dropout but the attention's at that p (None: the model's own, 0.1)."""
     import pandas as pd
     import torch
 
@@ -33,7 +35,7 @@ def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: 
     from kdapp.dropout import use_fast_dropout
     from kdapp.encoding import encode
     from kdapp.inference import pad_batch
-    from kdapp.models import load_pair, minilm_path, set_attention_dropout, student_from_teacher
+    from kdapp.models import load_pair, minilm_path, set_attention_dropout, set_hidden_dropout, student_from_teacher
 
     teacher, tokenizer = load_pair(str(TEACHER if TEACHER.is_dir() else minilm_path()))
     rows = pd.read_parquet(data).sample(reviews, random_state=1)
@@ -44,6 +46,8 @@ def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: 
     labels, soft = torch.tensor(rows["label"].to_numpy()), torch.randn(len(ids), 2)
     student = student_from_teacher(teacher, 3)
     set_attention_dropout(student, attention_dropout)
+    if hidden_dropout is not None:
+        set_hidden_dropout(student, hidden_dropout)
     use_fast_dropout(student)
     use_cls_only(student)
     student.get_input_embeddings().weight.requires_grad_(not freeze_word_embeddings)
@@ -68,6 +72,34 @@ def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: 
 
     step.forward_backward, step.student = forward_backward, student
     return step, batches
+
+
+def alternate(steps: dict, batches: list, rounds: int, label: str) -> dict[str, list[float]]:
+    """Every step's seconds, per arm: each batch trains every arm's student once, the order alternating from batch
+    to batch (and round to round), in this process, so the machine's drift reaches the arms alike; after a warm-up
+    on 4 batches (the allocator's heap, oneDNN's kernels). Call inside kdapp.memory.keep_freed_memory()."""
+    arms = list(steps)
+    for batch in batches[:4]:
+        for step in steps.values():
+            step(batch)
+    seconds = {arm: [] for arm in arms}
+    for r in range(rounds):
+        for n, batch in enumerate(batches):
+            for arm in (arms if (n + r) % 2 == 0 else arms[::-1]):
+                start = time.perf_counter()
+                steps[arm](batch)
+                seconds[arm].append(time.perf_counter() - start)
+        print(f"{label}: round {r + 1}: " + ", ".join(f"{arm} {1e3 * sum(t) / len(t):.1f} ms"
+                                                      for arm, t in seconds.items()), flush=True)
+    return seconds
+
+
+def summary(seconds: dict[str, list[float]]) -> dict[str, float]:
+    """Each arm's mean s/step over its timed steps, and the first arm's time over the second's (> 1: the second is
+    faster)."""
+    mean = {arm: sum(times) / len(times) for arm, times in seconds.items()}
+    first, second = list(mean)[:2]
+    return {"s_per_step": {arm: round(m, 4) for arm, m in mean.items()}, "speedup": round(mean[first] / mean[second], 3)}
 
 
 def save_report(out: str | None, title: str, lines: list[str], payload: dict, footer: str = "") -> None:
