@@ -281,16 +281,20 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                                              RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **TRANSFER_MASKED,
                                                        mixed_precision="bf16", **FAST_DROPOUT, **KDAPP_STUDENT)),
         # the speed benchmark's logit-cache pair (benchmarks/speed.py, kdapp_2ep_*_bf16_t32): KD on the labelled
-        # reviews, attention dropout 0, the student in bf16 and the teacher in fp32; and the same with the word
-        # embeddings frozen (--freeze_word_embeddings: faster CPU steps). Does freezing them cost accuracy?
-        **{f"kd-ad0-bf16-t32{frz}{sfx}": ("kdapp: KD student, labelled reviews only, attention dropout 0, bf16 "
-                                          "student, fp32 teacher" + (", word embeddings frozen" if frz else "")
-                                          + (f", seed {seed}" if sfx else ""),
-                                          RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, seed=seed,
-                                                    attention_dropout=0.0, mixed_precision="bf16",
-                                                    teacher_precision="fp32", freeze_word_embeddings=bool(frz),
-                                                    **FAST_DROPOUT, **KDAPP_STUDENT))
-           for frz in ("", "-frozen") for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        # reviews, attention dropout 0, the student in bf16 and the teacher in fp32; the same with the word
+        # embeddings frozen (--freeze_word_embeddings: faster CPU steps), and frozen with no hidden dropout either
+        # (--hidden_dropout 0: no masks to draw). Does either cost accuracy?
+        **{f"kd-ad0-bf16-t32{frz}{hd}{sfx}": ("kdapp: KD student, labelled reviews only, attention dropout 0, bf16 "
+                                              "student, fp32 teacher" + (", word embeddings frozen" if frz else "")
+                                              + (", hidden dropout 0" if hd else "")
+                                              + (f", seed {seed}" if sfx else ""),
+                                              RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, seed=seed,
+                                                        attention_dropout=0.0, mixed_precision="bf16",
+                                                        teacher_precision="fp32", freeze_word_embeddings=bool(frz),
+                                                        hidden_dropout=0.0 if hd else None,
+                                                        **FAST_DROPOUT, **KDAPP_STUDENT))
+           for frz, hd in (("", ""), ("-frozen", ""), ("-frozen", "-hd0"))
+           for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         # students made from the pretrained MiniLM's layers 0, 2, 4 (not the fine-tuned teacher's): what the
         # teacher knows reaches them through KD alone, so how much of KD's gain does the fine-tuned init already give?
         **{f"{kind}-pretrained{sfx}": (f"{what}, student from the pretrained MiniLM's layers"
@@ -576,7 +580,7 @@ CFV_TUNED_PAIRS = (*((f"kd-masked-windows-cfv-{tag}", other) for tag in ("t1", "
                      for other in ("nokd", "nokd-masked-windows", "kd-transfer-masked-windows")),
                    *(("kd-transfer-all-masked-windows", other)
                      for other in ("nokd", "nokd-masked-windows", "kd-transfer-masked-windows")))
-SEED_GAPS = (("kd-ad0-bf16-t32-frozen", "kd-ad0-bf16-t32"),
+SEED_GAPS = (("kd-ad0-bf16-t32-frozen", "kd-ad0-bf16-t32"), ("kd-ad0-bf16-t32-frozen-hd0", "kd-ad0-bf16-t32-frozen"),
              ("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"), ("kd-crossfit", "nokd"),
              ("kd-pretrained", "nokd-pretrained"), ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
              ("kd-transfer-masked", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained-3ep"),
@@ -683,6 +687,7 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("nokd-bf16-fastdrop-s44", "nokd-s44"), ("kd-transfer-masked-bf16-fastdrop", "kd-transfer-masked-bf16"),
              ("kd-transfer-masked-bf16-fastdrop", "nokd-bf16-fastdrop"),
              *((f"kd-ad0-bf16-t32-frozen{sfx}", f"kd-ad0-bf16-t32{sfx}") for sfx in ("", "-s43", "-s44")),
+             *((f"kd-ad0-bf16-t32-frozen-hd0{sfx}", f"kd-ad0-bf16-t32-frozen{sfx}") for sfx in ("", "-s43", "-s44")),
              ("kd-pretrained", "nokd-pretrained"), ("kd-pretrained-s43", "nokd-pretrained-s43"),
              ("nokd", "nokd-pretrained"), ("kd", "kd-pretrained"),
              # kdapp's KD students against the student trained without the teacher (pretrained init, labels only)
