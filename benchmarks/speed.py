@@ -96,6 +96,16 @@ KD_RUNS = {
                                                       freeze_word_embeddings=True),
                                         "attention dropout 0, teacher logits cached in fp32, student in bf16, its "
                                         "word embeddings frozen"),
+    # and with no hidden dropout either (--hidden_dropout 0): no masks drawn or applied; a recipe change (its
+    # accuracy: benchmarks/accuracy.py kd-ad0-bf16-t32-frozen-hd0 against kd-ad0-bf16-t32-frozen)
+    "kdapp_2ep_nocache_bf16_t32_frozen_hd0": (2, False, dict(mixed_precision="bf16", teacher_precision="fp32",
+                                                             freeze_word_embeddings=True, hidden_dropout=0.0),
+                                              "attention and hidden dropout 0, teacher on the fly in fp32, student "
+                                              "in bf16, its word embeddings frozen"),
+    "kdapp_2ep_cache_bf16_t32_frozen_hd0": (2, True, dict(mixed_precision="bf16", teacher_precision="fp32",
+                                                          freeze_word_embeddings=True, hidden_dropout=0.0),
+                                            "attention and hidden dropout 0, teacher logits cached in fp32, student "
+                                            "in bf16, its word embeddings frozen"),
 }
 # 1-epoch KD runs against the seed-faithful baseline: (ratio key, run, what kdapp ran, note)
 TRAINING_RATIOS = [
@@ -119,8 +129,12 @@ CACHE_RATIOS = [("cache_2ep", "kdapp_2ep_nocache", "kdapp_2ep_cache", ""),
                 ("cache_2ep_bf16_t32", "kdapp_2ep_nocache_bf16_t32", "kdapp_2ep_cache_bf16_t32",
                  " (student in bf16, teacher in fp32)"),
                 ("cache_2ep_bf16_t32_frozen", "kdapp_2ep_nocache_bf16_t32_frozen", "kdapp_2ep_cache_bf16_t32_frozen",
-                 " (student in bf16, teacher in fp32, the student's word embeddings frozen)")]
+                 " (student in bf16, teacher in fp32, the student's word embeddings frozen)"),
+                ("cache_2ep_bf16_t32_frozen_hd0", "kdapp_2ep_nocache_bf16_t32_frozen_hd0",
+                 "kdapp_2ep_cache_bf16_t32_frozen_hd0",
+                 " (student in bf16, teacher in fp32, the student's word embeddings frozen, no hidden dropout)")]
 TARGETS = {"train_1ep": 1.5, "cache_2ep": 1.4, "cache_2ep_bf16_t32": 1.4, "cache_2ep_bf16_t32_frozen": 1.4,
+           "cache_2ep_bf16_t32_frozen_hd0": 1.4,
            "infer_fp32": 1.2, "infer_fastest": 2.5,
            "infer_fastest_within": 2.5, "arch": 1.9}
 ACCURACY_TOLERANCE = 0.003  # the fast path's accuracy within 0.3 points of fp32's
@@ -303,6 +317,7 @@ def kd_run(args, teacher: str, work: Path, name: str, epochs: float, cache: bool
     return {"wall_s": round(wall, 2), "train_runtime_s": m["train_runtime_s"],
             "train_samples_per_second": m["train_samples_per_second"], "cache_s": round(spent["cache_s"], 2),
             "epochs": epochs, "cached": cache, "attention_dropout": cfg.attention_dropout,
+            "hidden_dropout": cfg.hidden_dropout,
             "teacher_precision": meta["teacher_precision_effective"], "fast_dropout": cfg.fast_dropout,
             "dropout_path": meta["dropout_path"], "mixed_precision": meta["mixed_precision_effective"],
             "last_layer": meta["last_layer"], "frozen_parameters": meta["frozen_parameters"],
@@ -684,13 +699,15 @@ def write_report(report: dict, out: Path) -> None:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
         lines.append(f"| {r['what']} | {r['ratio']:.2f}x | {r['target'] or '-'} | {met} | {r['note']} |")
     if report["training"]:
-        lines += ["", "| training run | samples/s | train s | wall s | cache pass s | attention dropout | dropout path "
-                  "| last layer | teacher | precision | word embeddings |", "|---" * 11 + "|"]
+        lines += ["", "| training run | samples/s | train s | wall s | cache pass s | attention dropout | hidden dropout "
+                  "| dropout path | last layer | teacher | precision | word embeddings |", "|---" * 12 + "|"]
         for k, v in report["training"].items():
             dropout = v.get("attention_dropout", "-")
             lines.append(f"| {k} | {v['train_samples_per_second']:.2f} | {v['train_runtime_s']:.1f} | "
                          f"{v.get('wall_s', '-')} | {v.get('cache_s', '-')} | "
-                         f"{'model default (0.1)' if dropout is None else dropout} | {_dropout_label(k, v)} | "
+                         f"{'model default (0.1)' if dropout is None else dropout} | "
+                         f"{'model default (0.1)' if v.get('hidden_dropout') is None else v['hidden_dropout']} | "
+                         f"{_dropout_label(k, v)} | "
                          f"{v.get('last_layer', 'full')} | {v.get('teacher_precision', 'fp32').replace('auto', 'fp32')} "
                          f"| {v.get('mixed_precision', 'fp32')} | "
                          f"{'frozen' if v.get('frozen_parameters') else 'trained'} |")
