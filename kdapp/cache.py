@@ -3,6 +3,9 @@
 One file per teacher (keyed by a hash of its weights) maps a hash of each row's exact token ids to its logits, so
 changing the data, the tokenizer, max_length or the truncation rule changes the keys (a miss, recomputed), never
 stale logits; rows shared between runs (a sweep, a transfer set added later) are computed once.
+
+Under torchrun (an initialised torch.distributed process group) the processes share the rows to compute out between
+them and gather the whole, instead of each computing every row.
 """
 from __future__ import annotations
 
@@ -40,6 +43,31 @@ def row_keys(ids: list[list[int]]) -> np.ndarray:
     return keys
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed process group; (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def computed_logits(teacher, ids: list[list[int]], pad_id: int, batch_size: int) -> tuple[torch.Tensor, int]:
+    """(N, num_labels) float32 logits for `ids` in order, and how many of the rows this process computed.
+
+    Under a process group of W processes each computes every W-th row in order of length (so the shares cost
+    alike) and all of them gather the whole: every process gets the same logits for W times less work."""
+    rank, world = _world()
+    if world == 1:
+        return torch.from_numpy(logits_from_ids(teacher, ids, pad_id, batch_size)), len(ids)
+    mine = sorted(range(len(ids)), key=lambda i: len(ids[i]))[rank::world]
+    part = logits_from_ids(teacher, [ids[i] for i in mine], pad_id, batch_size)
+    shares = [None] * world
+    torch.distributed.all_gather_object(shares, (mine, part))
+    out = np.zeros((len(ids), part.shape[1]), dtype=np.float32)
+    for rows, logits in shares:
+        out[rows] = logits
+    return torch.from_numpy(out), len(mine)
+
+
 def teacher_logits(teacher, ids: list[list[int]], pad_id: int, batch_size: int = 64,
                    cache_dir: Path | None = CACHE_DIR, fingerprint: str | None = None) -> tuple[torch.Tensor, bool]:
     """(N, num_labels) float32 logits for `ids` in order, and whether every row came from the on-disk cache.
@@ -59,7 +87,7 @@ def teacher_logits(teacher, ids: list[list[int]], pad_id: int, batch_size: int =
     if missing:
         was_training = teacher.training
         teacher.eval()
-        fresh = torch.from_numpy(logits_from_ids(teacher, [ids[i] for i in missing], pad_id, batch_size))
+        fresh, computed = computed_logits(teacher, [ids[i] for i in missing], pad_id, batch_size)
         teacher.train(was_training)
         for j, i in enumerate(missing):
             known[keys[i].tobytes()] = fresh[j]
@@ -70,5 +98,10 @@ def teacher_logits(teacher, ids: list[list[int]], pad_id: int, batch_size: int =
             tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: torchrun ranks write at the same time
             save_file({"keys": torch.from_numpy(new_keys), "logits": new_logits.contiguous()}, str(tmp))
             tmp.replace(path)
-    log.info("teacher logits: %d rows from cache, %d computed", len(ids) - len(missing), len(missing))
+        if _world()[1] > 1:  # every process has written the same file before any reads it again
+            torch.distributed.barrier()
+        log.info("teacher logits: %d rows from cache, %d computed (%d here)", len(ids) - len(missing), len(missing),
+                 computed)
+    else:
+        log.info("teacher logits: all %d rows from cache", len(ids))
     return torch.stack([known[k.tobytes()] for k in keys]), not missing

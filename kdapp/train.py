@@ -165,6 +165,9 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         teacher = teacher.to(dtype=teacher_dtype)
     if cfg.last_layer_cls_only():  # the teacher's logits too (a copy when it went int8 or bf16 above)
         use_cls_only(teacher)
+    # the Trainer's arguments first: under torchrun they open the process group (and pick each process's GPU), so
+    # the cache pass below is shared out between the processes and each one's teacher is on its own device
+    args = _training_args(cfg, out, remove_unused_columns=False, amp=amp)
     cache, cache_hit, cross_fit, transfer_ensemble = None, False, None, None
     if cfg.cache_teacher_logits and cfg.alpha < 1.0:
         teacher.to("cuda" if use_cuda else "cpu")
@@ -189,7 +192,6 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
             transfer_ensemble["transfer_teachers"] = cfg.transfer_teacher_list()
         if cfg.hidden_loss == "none" and not (cfg.mixup_alpha or cfg.online_mask_prob):  # no on-the-fly use
             teacher.to("cpu")
-    args = _training_args(cfg, out, remove_unused_columns=False, amp=amp)
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=trainer_metrics, callbacks=callbacks,
