@@ -10,6 +10,7 @@ on the weights. Call it inside kdapp.memory.keep_freed_memory(), as a training r
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -100,6 +101,51 @@ def summary(seconds: dict[str, list[float]]) -> dict[str, float]:
     mean = {arm: sum(times) / len(times) for arm, times in seconds.items()}
     first, second = list(mean)[:2]
     return {"s_per_step": {arm: round(m, 4) for arm, m in mean.items()}, "speedup": round(mean[first] / mean[second], 3)}
+
+
+def ab_main(doc: str, arms: tuple[str, str], build, describe) -> tuple:
+    """The command line and the runs of an A/B of the student's step (frozen_embeddings.py, hidden_dropout.py): for
+    each precision, build(data, precision, arm) -> (step, batches) makes both arms' students alike (the batches are
+    seeded alike), describe(step) says something about each arm's student, and `alternate` times them. Returns
+    (args, env, table, detail, described, threads): table[precision] is `summary`'s, detail[precision] every step's
+    seconds, described[precision][arm] describe's answer."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="passes over the batches per precision")
+    p.add_argument("--precision", nargs="+", choices=["bf16", "fp32"],
+                   help="the student's precision (default: bf16 and fp32 where the CPU has native bf16, else fp32)")
+    p.add_argument("--data", default=str(DATA), help="IMDb parquet (read, never copied)")
+    p.add_argument("--out", help="also write the table and every step's time to OUT.md and OUT.json")
+    args = p.parse_args()
+
+    import kdapp  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads libgomp)
+    import torch
+    from kdapp.benchmark import bench_env
+    from kdapp.inference import native_bf16
+    from kdapp.memory import keep_freed_memory
+    args.precision = args.precision or (["bf16", "fp32"] if native_bf16() else ["fp32"])
+    env, table, detail, described = bench_env("cpu"), {}, {}, {}
+    for precision in args.precision:
+        built = {arm: build(args.data, precision, arm) for arm in arms}
+        steps, batches = {arm: step for arm, (step, _) in built.items()}, built[arms[0]][1]
+        described[precision] = {arm: describe(step) for arm, step in steps.items()}
+        with keep_freed_memory():
+            seconds = alternate(steps, batches, args.rounds, precision)
+        table[precision], detail[precision] = summary(seconds), seconds
+    return args, env, table, detail, described, torch.get_num_threads()
+
+
+def ab_report(args, env: dict, threads: int, recipe: str, arms: tuple[str, str], header: list[str], table: dict,
+              last_cell, title: str, payload: dict) -> None:
+    """ab_main's table (one row per precision: each arm's s/step, the speedup, last_cell(precision)) under a line
+    naming the machine and the step's recipe, saved with save_report."""
+    lines = [f"{env['cpu_model']}, {env['cpu_count']} CPUs ({', '.join(env['cpu_flags'])}), torch {env['torch']}, "
+             f"{threads} threads; the student's step (benchmarks/student_step.py{recipe}), each batch once with each "
+             f"arm, alternating; mean over {args.rounds} round(s)", "",
+             "| student precision | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for precision, row in table.items():
+        lines.append(f"| {precision} | {row['s_per_step'][arms[0]]:.3f} s | {row['s_per_step'][arms[1]]:.3f} s | "
+                     f"{row['speedup']:.2f}x | {last_cell(precision)} |")
+    save_report(args.out, title, lines, {"setup": vars(args), "env": env, "table": table} | payload)
 
 
 def save_report(out: str | None, title: str, lines: list[str], payload: dict, footer: str = "") -> None:
