@@ -13,7 +13,7 @@ calibration (a run trained by kdapp carries one; for an older one, about 30 s):
 --alphas scores the smoothing strength by how far int8 moves the teacher's logits from fp32 (no labels) on 1,000
 training reviews the teacher did not learn from (rows 2,000-2,999 of the seed split), not on the validation rows.
 
-README (Speed) quotes what it printed.
+docs/speed.md quotes what it printed.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Not a dependency of kdapp. From the repo root, once benchmarks/accuracy.py has m
 
 Exported with torch.onnx.export(dynamo=True), optimised with ORT's BERT graph optimizer, quantized with
 onnxruntime.quantization.quantize_dynamic; every path gets the same length-sorted, dynamically padded batches.
-README (Speed) has what it printed on the 2-core AVX2 dev machine: ORT int8 no faster than torch's dynamic int8.
+docs/speed.md has what it printed on the 2-core AVX2 dev machine: ORT int8 no faster than torch's dynamic int8.
 """
 from __future__ import annotations
 

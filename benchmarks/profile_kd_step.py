@@ -18,7 +18,7 @@ without it, a student made from the teacher's layers 0, 2 and 4: the same shapes
 The steps run as a training run does: AdamW fused (the Trainer's default), freed memory kept for reuse
 (kdapp/memory.py) unless KDAPP_KEEP_FREED_MEMORY=0.
 
-README (Speed) quotes what it printed on the 2-core dev machine.
+docs/speed.md quotes what it printed on the 2-core dev machine.
 """
 from __future__ import annotations
 

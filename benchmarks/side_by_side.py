@@ -6,7 +6,7 @@ From the repo root, once benchmarks/accuracy.py has made checkpoints/cpu-scale/t
 
 Each round times logits_from_ids over the same pre-tokenized reviews (256 tokens, head+tail) with one batch at a time
 on every intra-op thread (workers=1) and with the batches side by side, one per thread, each single-threaded
-("auto"), alternating, and prints the largest difference between their logits. README (Speed) quotes what it
+("auto"), alternating, and prints the largest difference between their logits. docs/speed.md quotes what it
 printed.
 """
 from __future__ import annotations

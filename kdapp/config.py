@@ -63,22 +63,23 @@ class RunConfig:
     attention_dropout: float | None = _f(None, "Dropout on the attention probabilities of the model being trained "
                                                "(default: the model's own, 0.1 for BERT and DistilBERT). 0 keeps "
                                                "PyTorch's fused attention kernel on CPU: faster steps, but a recipe "
-                                               "change (README: Speed, and its accuracy).")
+                                               "change (docs/speed.md; its accuracy: docs/accuracy.md).")
     hidden_dropout: float | None = _f(None, "Dropout on the hidden states of the model being trained: after the "
                                             "embeddings, each attention and feed-forward block, and before the "
                                             "classifier (default: the model's own, 0.1 for BERT; DistilBERT's head "
-                                            "0.2). 0 draws no masks: faster CPU steps, a recipe change (README: "
-                                            "Speed, and its accuracy).")
+                                            "0.2). 0 draws no masks: faster CPU steps, a recipe change "
+                                            "(docs/speed.md; its accuracy: docs/accuracy.md).")
     fast_dropout: bool = _f(True, "CPU training: draw dropout masks with numpy's PCG64 and run attention with "
                                   "dropout block by block (kdapp/dropout.py): the same Bernoulli masks, p rounded "
-                                  "to 1/65536; one KD epoch took 333 s instead of 401 s on 2 cores (README: Speed). "
-                                  "Under bf16 autocast also attention in bf16 matmuls, with or without dropout "
-                                  "(PyTorch's fused kernel has a slow bf16 backward on CPU). False: PyTorch's own.")
+                                  "to 1/65536; one KD epoch ran at 6.00 instead of 4.99 samples/s on 2 cores "
+                                  "(docs/speed.md). Under bf16 autocast also attention in bf16 matmuls, with or "
+                                  "without dropout (PyTorch's fused kernel has a slow bf16 backward on CPU). False: "
+                                  "PyTorch's own.")
     freeze_word_embeddings: bool = _f(False, "Leave the word embeddings of the model being trained as they are (a "
                                              "student from the teacher keeps the teacher's): no gradient, AdamW "
                                              "state or update for the largest matrix (11.7M of a 3-layer MiniLM "
                                              "student's 17.4M parameters). Faster CPU steps; a recipe change "
-                                             "(README: Speed, and its accuracy).")
+                                             "(docs/speed.md; its accuracy: docs/accuracy.md).")
     cls_only: bool = _f(True, "Compute the last layer at [CLS] only, the one position a classifier reads (keys and "
                               "values still from every token; kdapp/cls_only.py): the same logits and gradients, a "
                               "quarter less work for a 3-layer student. Off where every position is read (the "

@@ -17,7 +17,7 @@ In bfloat16 (training under CPU bf16 autocast) numpy has no type for the tensors
 mask in bfloat16 that torch applies (x * keep * 1 / (1 - p), rounded once). A bf16 mask, not a bool one: PyTorch
 multiplies a bf16 tensor by a bool mask through a per-element type conversion, much slower than a same-dtype
 multiply: the bf16 student's step ran 1.15x faster this way with attention dropout 0.1 and 1.05x with 0
-(`python benchmarks/dropout_masks.py`; README: Speed). The products are bit for bit the same (x * 1 and x * 0 either
+(`python benchmarks/dropout_masks.py`; docs/speed.md). The products are bit for bit the same (x * 1 and x * 0 either
 way).
 
 Attention there runs as whole-tensor bf16 matmuls with PyTorch's fused softmax kernels (fp32 inside), with or

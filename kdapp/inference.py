@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 # On CPU a batch holds at most this many tokens, padding included (with batch_size as the row limit): the
 # activations and attention scores of a small batch stay in cache, and the 2-core dev machine classified reviews
-# fastest that way (README: Speed, benchmarks/speed.py --parts batch_tokens). GPUs take the whole batch_size.
+# fastest that way (docs/speed.md, benchmarks/speed.py --parts batch_tokens). GPUs take the whole batch_size.
 CPU_BATCH_TOKENS = 2048
 # On CPU a long job's batches run side by side, one per intra-op thread, each batch single-threaded: the dev
 # machine's 2 cores labelled 10-13 % more reviews per second that way than with one batch at a time on both (no

@@ -2,11 +2,11 @@
 (SmoothQuant, Xiao et al. 2023) when the checkpoint carries the activation maxima of a few of its training reviews.
 
 Dynamic int8 quantizes a layer's input with one scale per batch. The input of a BERT feed-forward output layer (the
-GELU of the intermediate layer) has a few channels many times larger than the rest (README: Speed, for the MiniLM
+GELU of the intermediate layer) has a few channels many times larger than the rest (docs/speed.md, for the MiniLM
 teacher), so that one scale is coarse for every other channel. Smoothing divides each input channel j by
 s_j = max|x_j|^a / max|W_j|^(1-a) (a = SMOOTH_ALPHA) and multiplies the weight's column j by s_j: the same function
 in exact arithmetic, with the outliers moved into the weight, where per-channel quantization (one scale per output
-row) absorbs them. It costs one multiply of that layer's input (README: Speed).
+row) absorbs them. It costs one multiply of that layer's input (docs/speed.md).
 
     maxima = activation_maxima(model, ids, pad_id)        # a few hundred training reviews
     save_calibration(folder, maxima)                      # int8_calibration.safetensors next to the weights

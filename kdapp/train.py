@@ -378,7 +378,7 @@ def _set_threads(n: int | None) -> None:
 def mixed_precision_dtype(cfg: RunConfig, warn: bool = True) -> torch.dtype | None:
     """The autocast dtype the run trains in (None: float32). GPU: auto is bf16 where supported, else fp16. CPU: auto
     is float32 (results comparable across CPUs); bf16 on request, native on CPUs with AVX-512 BF16 or AMX (about
-    1.5x faster steps there, README: Speed), emulated and slower than float32 elsewhere (a warning says so); fp16
+    1.5x faster steps there, docs/speed.md), emulated and slower than float32 elsewhere (a warning says so); fp16
     is refused (no fast CPU kernels). warn: False where the run itself will warn (an estimate, the app's check)."""
     if cfg.mixed_precision == "no":
         return None

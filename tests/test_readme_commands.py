@@ -19,7 +19,7 @@ from kdapp.__main__ import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-INLINE = re.compile(r"`(python (?:-m kdapp|benchmarks/)[^`]*)`")
+INLINE = re.compile(r"`(python\s+(?:-m\s+kdapp|benchmarks/)[^`]*)`")  # may wrap across lines
 TEMPLATE = re.compile(r"\.\.\.|\[|\||<|…")
 
 
@@ -86,11 +86,12 @@ def test_the_docs_give_commands_of_both_kinds():
 
 def test_commands_in_reads_inline_code_and_joined_block_lines():
     text = ("Run `python -m kdapp bench --models a` or `python -m kdapp teacher --model M [--x]`.\n"
+            "A wrapped one: `python\n  benchmarks/speed.py --parts arch`.\n"
             "```bash\npython -m kdapp distill --teacher t \\\n  --student s   # a comment\nls\n```\n")
-    found = commands_in(text)
-    assert found[:2] == ["python -m kdapp bench --models a", "python -m kdapp teacher --model M [--x]"]
-    assert " ".join(found[2].split()) == "python -m kdapp distill --teacher t --student s"
-    assert len(found) == 3 and TEMPLATE.search(found[1])
+    found = [" ".join(c.split()) for c in commands_in(text)]
+    assert found == ["python -m kdapp bench --models a", "python -m kdapp teacher --model M [--x]",
+                     "python benchmarks/speed.py --parts arch", "python -m kdapp distill --teacher t --student s"]
+    assert TEMPLATE.search(found[1]) and not TEMPLATE.search(found[0])
 
 
 @pytest.mark.parametrize("where,command", [c for c in COMMANDS if c[1].startswith("python -m kdapp")],
