@@ -1,5 +1,6 @@
-"""The KD student's training step that benchmarks/omp_wait.py, dropout_masks.py, frozen_embeddings.py and
-hidden_dropout.py time, how the last two alternate their arms, and how they all save their reports.
+"""The KD student's training step that benchmarks/omp_wait.py, dropout_masks.py, frozen_embeddings.py,
+hidden_dropout.py and fp32_attention.py time, how the last three alternate their arms, and how they all save their
+reports.
 
 It is the step of the speed benchmark's logit-cache pair (benchmarks/speed.py, kdapp_2ep_cache*): a 3-layer student
 made from the teacher (layers 0, 2, 4), kdapp's CPU dropout, last layer at [CLS] only, 16 reviews of
@@ -103,16 +104,17 @@ def summary(seconds: dict[str, list[float]]) -> dict[str, float]:
     return {"s_per_step": {arm: round(m, 4) for arm, m in mean.items()}, "speedup": round(mean[first] / mean[second], 3)}
 
 
-def ab_main(doc: str, arms: tuple[str, str], build, describe) -> tuple:
-    """The command line and the runs of an A/B of the student's step (frozen_embeddings.py, hidden_dropout.py): for
-    each precision, build(data, precision, arm) -> (step, batches) makes both arms' students alike (the batches are
-    seeded alike), describe(step) says something about each arm's student, and `alternate` times them. Returns
-    (args, env, table, detail, described, threads): table[precision] is `summary`'s, detail[precision] every step's
-    seconds, described[precision][arm] describe's answer."""
+def ab_main(doc: str, arms: tuple[str, str], build, describe, precisions: tuple[str, ...] = ("bf16", "fp32")) -> tuple:
+    """The command line and the runs of an A/B of the student's step (frozen_embeddings.py, hidden_dropout.py,
+    fp32_attention.py): for each precision (of `precisions`), build(data, precision, arm) -> (step, batches) makes
+    both arms' students alike (the batches are seeded alike), describe(step) says something about each arm's
+    student, and `alternate` times them. Returns (args, env, table, detail, described, threads): table[precision] is
+    `summary`'s, detail[precision] every step's seconds, described[precision][arm] describe's answer."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="passes over the batches per precision")
-    p.add_argument("--precision", nargs="+", choices=["bf16", "fp32"],
-                   help="the student's precision (default: bf16 and fp32 where the CPU has native bf16, else fp32)")
+    p.add_argument("--precision", nargs="+", choices=list(precisions),
+                   help="the student's precision (default: " + " and ".join(precisions) + ", bf16 only where the "
+                        "CPU has native bf16)")
     p.add_argument("--data", default=str(DATA), help="IMDb parquet (read, never copied)")
     p.add_argument("--out", help="also write the table and every step's time to OUT.md and OUT.json")
     args = p.parse_args()
@@ -122,7 +124,7 @@ def ab_main(doc: str, arms: tuple[str, str], build, describe) -> tuple:
     from kdapp.benchmark import bench_env
     from kdapp.inference import native_bf16
     from kdapp.memory import keep_freed_memory
-    args.precision = args.precision or (["bf16", "fp32"] if native_bf16() else ["fp32"])
+    args.precision = args.precision or [x for x in precisions if x != "bf16" or native_bf16()]
     env, table, detail, described = bench_env("cpu"), {}, {}, {}
     for precision in args.precision:
         built = {arm: build(args.data, precision, arm) for arm in arms}

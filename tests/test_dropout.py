@@ -15,9 +15,11 @@ def reference_attention(q, k, v, mask, keep, p, scale):
     return (scores.softmax(-1) * keep / (1 - p)) @ v
 
 
-@pytest.mark.parametrize("block_bytes", [64, 1 << 20])  # one head per block, and a whole sample per block
-def test_block_attention_matches_the_textbook_formula_and_its_gradients(monkeypatch, block_bytes):
-    monkeypatch.setattr(kd, "BLOCK_BYTES", block_bytes)
+@pytest.mark.parametrize("block_bytes", [64, 1 << 20, None])  # a head per block, a sample per block; whole
+def test_attention_matches_the_textbook_formula_and_its_gradients(monkeypatch, block_bytes):
+    if block_bytes is not None:
+        monkeypatch.setattr(kd, "BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(kd, "WHOLE_BYTES", 0)  # nothing fits: blocks
     torch.manual_seed(0)
     q, k, v = (torch.randn(3, 4, 7, 5, dtype=torch.double, requires_grad=True) for _ in range(3))
     mask = torch.ones(3, 1, 7, 7, dtype=torch.bool)
@@ -32,13 +34,15 @@ def test_block_attention_matches_the_textbook_formula_and_its_gradients(monkeypa
     ref = reference_attention(q, k, v, mask, keep, 0.3, 0.5)
     want = torch.autograd.grad(ref, (q, k, v), grad)
 
+    assert kd.attention_path(q, k) == ("whole" if block_bytes is None else "blocks")
     assert 0 < (~keep).sum() < keep.numel()
     torch.testing.assert_close(out, ref)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
 
 
-def test_block_attention_passes_gradcheck():
+def test_block_attention_passes_gradcheck(monkeypatch):
+    monkeypatch.setattr(kd, "WHOLE_BYTES", 0)
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 2, 4, 3, dtype=torch.double, requires_grad=True) for _ in range(3))
 
@@ -46,7 +50,37 @@ def test_block_attention_passes_gradcheck():
         torch.manual_seed(3)  # gradcheck calls f many times: the same mask each time
         return kd.attention(q, k, v, None, 0.2, 0.7)
 
+    assert kd.attention_path(q, k) == "blocks"
     assert torch.autograd.gradcheck(f, (q, k, v))
+
+
+def test_float32_whole_and_blocks_draw_the_same_mask_and_agree(monkeypatch):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 4, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool)
+    mask[0, :, :, 4:] = False
+    grad = torch.randn(2, 3, 6, 4)
+    results = {}
+    for whole_bytes in (kd.WHOLE_BYTES, 0):
+        monkeypatch.setattr(kd, "WHOLE_BYTES", whole_bytes)
+        torch.manual_seed(5)
+        out = kd.attention(q, k, v, mask, 0.4, 0.5)
+        results[kd.attention_path(q, k)] = (out, *torch.autograd.grad(out, (q, k, v), grad))
+    assert set(results) == {"whole", "blocks"}
+    for a, b in zip(results["whole"], results["blocks"]):
+        torch.testing.assert_close(a, b)  # float32 rounding apart, the same numbers: the same mask was drawn
+
+
+def test_attention_path_is_whole_in_bf16_and_while_float32_fits(monkeypatch):
+    q = torch.empty(16, 12, 256, 64)  # the CPU-scale student's batch: 2 x 4 bytes x 16 x 12 x 256 x 256 = 100 MB
+    assert kd.attention_path(q, q) == "whole"
+    monkeypatch.setattr(kd, "WHOLE_BYTES", 2 * 4 * 16 * 12 * 256 * 256)
+    assert kd.attention_path(q, q) == "whole"  # at the budget
+    assert kd.attention_path(torch.empty(17, 12, 256, 64), q) == "blocks"  # one review more
+    assert kd.attention_path(q[:, :, :1], q) == "whole"  # [CLS] alone against every key
+    monkeypatch.setattr(kd, "WHOLE_BYTES", 0)
+    assert kd.attention_path(q.bfloat16(), q.bfloat16()) == "whole"  # bf16 always
+    assert kd.attention_path(q, q) == "blocks"
 
 
 def test_keep_mask_drops_p_of_the_elements_and_follows_torch_seed():
@@ -203,7 +237,7 @@ def test_use_fast_dropout_leaves_evaluation_exactly_as_it_was():
 
 
 @pytest.mark.parametrize("make", [_bert, tiny_distilbert])
-def test_training_step_goes_through_the_block_attention(monkeypatch, make):
+def test_training_step_goes_through_kdapps_attention(monkeypatch, make):
     model = make()
     kd.use_fast_dropout(model)
     calls = []
