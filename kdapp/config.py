@@ -70,8 +70,9 @@ class RunConfig:
                                             "0.2). 0 draws no masks: faster CPU steps, a recipe change "
                                             "(docs/speed.md; its accuracy: docs/accuracy.md).")
     fast_dropout: bool = _f(True, "CPU training: draw dropout masks with numpy's PCG64 and run attention with "
-                                  "dropout block by block (kdapp/dropout.py): the same Bernoulli masks, p rounded "
-                                  "to 1/65536; one KD epoch ran at 6.00 instead of 4.99 samples/s on 2 cores "
+                                  "dropout as whole-tensor matmuls (in float32 block by block where that would keep "
+                                  "over 128 MiB a layer; kdapp/dropout.py): the same Bernoulli masks, p rounded to "
+                                  "1/65536; one KD epoch ran at 6.00 instead of 4.99 samples/s on 2 cores "
                                   "(docs/speed.md). Under bf16 autocast also attention in bf16 matmuls, with or "
                                   "without dropout (PyTorch's fused kernel has a slow bf16 backward on CPU). False: "
                                   "PyTorch's own.")
