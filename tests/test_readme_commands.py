@@ -6,6 +6,7 @@ Commands are read from inline code and from fenced blocks (backslash continuatio
 templates with placeholders ("...", "[--flag]", "A|B", "<x>") and a bare `python -m kdapp COMMAND` named in a
 sentence are skipped. Nothing is run past argument parsing."""
 import argparse
+import os
 import re
 import runpy
 import shlex
@@ -69,7 +70,10 @@ def parse_script(script: Path, argv: list[str], monkeypatch) -> None:
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
     monkeypatch.setattr(sys, "argv", [str(script), *argv])
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import each other, as they do when run
+    # the scripts import each other, as they do when run; what their top level adds to the path or sets in the
+    # environment (HF_HUB_OFFLINE, WANDB_MODE, ...) is undone after the test, so that no other test sees it
+    monkeypatch.setattr(sys, "path", [str(BENCHMARKS), *sys.path])
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     try:
         runpy.run_path(str(script), run_name="__main__")
     except _Parsed:
