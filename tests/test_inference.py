@@ -183,6 +183,63 @@ def test_low_precision_agrees_with_fp32_on_clear_cases(trained_model, tokenizer,
     assert abs(fast - fp32).max() < 0.5  # bounded drift, not just the same sign
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8", "int4"])
+def test_gpu_precisions_agree_with_cpu_fp32_on_clear_cases(trained_model, tokenizer, precision):
+    if precision in ("int8", "int4"):
+        bnb = pytest.importorskip("bitsandbytes")
+    texts = list(make_reviews(48, seed=5)["text"])
+    fp32 = predict_logits(trained_model, tokenizer, texts, max_length=32)
+    model = prepare_model(trained_model, precision, "cuda")
+    assert kinf.model_device(model).type == "cuda" and model.kdapp_precision == precision
+    assert kinf.model_device(trained_model).type == "cpu"  # the original stays where it was
+    if precision in ("int8", "int4"):  # bitsandbytes layers, not a cast
+        kind = bnb.nn.Linear8bitLt if precision == "int8" else bnb.nn.Linear4bit
+        assert sum(isinstance(m, kind) for m in model.modules()) >= 4
+    fast = predict_logits(model, tokenizer, texts, max_length=32)
+    clear = abs(fp32[:, 1] - fp32[:, 0]) > 1.0
+    assert clear.sum() >= 24
+    assert (fast.argmax(-1)[clear] == fp32.argmax(-1)[clear]).all()
+    assert abs(fast - fp32).max() < (1e-3 if precision == "fp32" else 0.5)
+
+
+def test_gpu_inference_leaves_out_cudnn_attention_and_restores_the_flags():
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with kinf.attention_backends("cpu"):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before  # CPU: torch's choice, untouched
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        with kinf.attention_backends("cuda"):
+            assert not torch.backends.cuda.cudnn_sdp_enabled()
+            assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_half_attention_is_not_cudnns():
+    from torch.nn.attention import SDPBackend
+
+    q = torch.randn(4, 2, 37, 32, device="cuda", dtype=torch.float16)
+    mask = torch.zeros(4, 1, 37, 37, device="cuda", dtype=torch.float16)
+    with kinf.attention_backends("cuda"):
+        assert torch._fused_sdp_choice(q, q, q, mask, 0.0, False) != SDPBackend.CUDNN_ATTENTION.value
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_evaluate_on_the_gpu_reports_each_precision(teacher_dir, reviews_parquet, tmp_path, capsys):
+    pytest.importorskip("bitsandbytes")
+    out_file = tmp_path / "gpu.json"
+    code = main(["-q", "evaluate", "--model", str(teacher_dir), "--data", str(reviews_parquet), "--max_eval_samples",
+                 "40", "--max_length", "32", "--device", "cuda", "--precision", "fp32", "fp16", "int8", "int4",
+                 "--json", str(out_file)])
+    assert code == 0 and "| int4 |" in capsys.readouterr().out
+    results = json.loads(out_file.read_text())["results"]
+    assert [r["precision"] for r in results] == ["fp32", "fp16", "int8", "int4"]
+    assert all(r["n"] == 40 and 0 <= r["accuracy"] <= 1 and r["size_mb"] > 0 for r in results)
+
+
 def test_prepare_model_copies_and_refuses_what_the_cpu_cannot_run(trained_model):
     before = {k: v.clone() for k, v in trained_model.state_dict().items()}
     quantized = prepare_model(trained_model, "int8", "cpu")
