@@ -48,9 +48,12 @@ def build_bench_tab(ctx: AppContext):
         max_length = gr.Slider(16, 512, value=128, step=16, label="Sequence length (tokens)", elem_id="bench_len")
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         device = gr.Radio(devices, value=devices[-1], label="Device", elem_id="bench_device")
-        precisions = gr.CheckboxGroup(["fp32", "bf16", "int8"] + (["fp16"] if torch.cuda.is_available() else []),
+        on_gpu = torch.cuda.is_available()
+        precisions = gr.CheckboxGroup(["fp32", "bf16", "int8"] + (["fp16", "int4"] if on_gpu else []),
                                       value=["fp32"], label="Precision", elem_id="bench_precision",
-                                      info="bf16 / int8 trade a little accuracy for speed")
+                                      info="bf16 / int8 trade a little accuracy for speed"
+                                           + ("; on the GPU int8 / int4 (bitsandbytes) trade it for memory"
+                                              if on_gpu else ""))
     with gr.Accordion("More options", open=False):
         with gr.Row():
             inputs = gr.Radio(["random tokens"] + (["real reviews"] if local_imdb() else []), value="random tokens",
