@@ -403,8 +403,9 @@ def model_label(spec: str) -> str:
 
 
 def markdown_table(result: dict, baseline: str | None = None) -> str:
-    """The seed's table: latency per batch size, throughput at the largest batch, parameters, disk size, peak RSS,
-    one column per model (x precision) and a Delta column against `baseline` (default: the first model)."""
+    """The seed's table: latency per batch size, throughput at the largest batch, parameters, disk size, peak RSS
+    (and peak GPU memory on a GPU), one column per model (x precision) and a Delta column against `baseline`
+    (default: the first model)."""
     rows = result["rows"]
     if not rows:
         return "(no results)"
@@ -432,9 +433,11 @@ def markdown_table(result: dict, baseline: str | None = None) -> str:
                   {c: _fmt(get(c, "throughput_samples_per_s"), 1) for c in columns},
                   {c: _speedup(get(base, "throughput_samples_per_s"), get(c, "throughput_samples_per_s"), lower=False)
                    for c in others}))
-    for metric, key, unit, scale, digits in (("Parameters", "params", "params", 1e-6, 1),
-                                             ("Disk size (MB)", "size_mb", "size", 1, 0),
-                                             (f"Peak RSS, batch {top} (MB)", "peak_rss_mb", "memory", 1, 0)):
+    sizes = [("Parameters", "params", "params", 1e-6, 1), ("Disk size (MB)", "size_mb", "size", 1, 0),
+             (f"Peak RSS, batch {top} (MB)", "peak_rss_mb", "memory", 1, 0)]
+    if any(r.get("peak_gpu_mb") is not None for r in rows):  # torch.cuda.max_memory_allocated on a GPU
+        sizes.append((f"Peak GPU memory, batch {top} (MB)", "peak_gpu_mb", "memory", 1, 0))
+    for metric, key, unit, scale, digits in sizes:
         vals = {c: get(c, key) for c in columns}
         text = {c: (f"{_fmt(v * scale, digits)} M" if key == "params" and v is not None else _fmt(v, digits))
                 for c, v in vals.items()}

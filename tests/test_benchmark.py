@@ -95,6 +95,12 @@ def test_markdown_table_has_the_seeds_rows_and_delta_column():
     assert "OMP_WAIT_POLICY=PASSIVE, torch" in lines[-1]  # no spin count set: none named
     result["env"]["gomp_spincount"] = "300000"  # it overrides the policy's spin (benchmarks/omp_wait.py)
     assert "OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=300000, torch" in markdown_table(result).splitlines()[-1]
+    assert not any(line.startswith("| Peak GPU memory") for line in lines)  # CPU rows: no GPU row
+    for r, gpu in zip(result["rows"], (60.0, 800.0, 40.0, 400.0)):
+        r["peak_gpu_mb"] = gpu
+    gpu_line = next(line for line in markdown_table(result).splitlines() if line.startswith("| Peak GPU memory"))
+    assert [c.strip() for c in gpu_line.split("|")[1:-1]] == ["Peak GPU memory, batch 100 (MB)", "800", "400",
+                                                              "-50 % memory"]
 
 
 def test_arch_configs_equal_the_hubs():

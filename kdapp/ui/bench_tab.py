@@ -20,7 +20,8 @@ EXPLAIN = "\n".join([
     "through. Higher is better.",
     "- **Parameters**: how many numbers the model learned (M = millions). Fewer usually means faster and smaller.",
     "- **Disk size**: the size of the model's weight file in MB: what you download or ship.",
-    "- **Peak RSS**: the most memory the process used while timing, in MB.",
+    "- **Peak RSS**: the most memory the process used while timing, in MB; on a GPU, **Peak GPU memory** is the "
+    "most the model's tensors held on the card (torch.cuda.max_memory_allocated).",
     "- **Delta**: each model compared with the first one, e.g. \"2.0x faster\" or \"-40 % size\"."])
 
 BATCH_CHOICES = [1, 8, 32, 100]
