@@ -26,7 +26,8 @@ BATCH, REVIEWS = 16, 640
 def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: int = REVIEWS,
                  freeze_word_embeddings: bool = False, hidden_dropout: float | None = None):
     """(step, batches): step(batch) trains the student on one batch (a list of row numbers); step.forward_backward(
-    batch) only adds the batch's gradients to step.student's and returns its logits. As the run options do:
+    batch, weight=1.0) only adds the batch's gradients to step.student's and returns its logits; step.trained and
+    step.optimizer are the trained parameters and their fused AdamW. As the run options do:
     freeze_word_embeddings, the word embeddings get no gradient, clipping or AdamW update; hidden_dropout, every
     dropout but the attention's at that p (None: the model's own, 0.1)."""
     import pandas as pd
@@ -57,13 +58,14 @@ def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: 
     optimizer = torch.optim.AdamW(trained, lr=1e-5, fused=True)
     bf16 = precision == "bf16"
 
-    def forward_backward(batch: list[int]) -> torch.Tensor:
-        """The batch's loss backward (gradients accumulate in the student); returns the student's logits."""
+    def forward_backward(batch: list[int], weight: float = 1.0) -> torch.Tensor:
+        """The batch's loss, times weight, backward (gradients accumulate in the student); returns the student's
+        logits. weight: a part of a batch weighs its share of the rows, so the parts' gradients sum to the batch's."""
         inputs = pad_batch([ids[i] for i in batch], tokenizer.pad_token_id or 0, "cpu")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = student(**inputs).logits
         loss, _, _ = distillation_loss(logits, soft[batch], labels[batch])
-        loss.backward()
+        (loss * weight if weight != 1.0 else loss).backward()
         return logits.detach()
 
     def step(batch: list[int]) -> None:
@@ -72,7 +74,7 @@ def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: 
         optimizer.step()
         optimizer.zero_grad()
 
-    step.forward_backward, step.student = forward_backward, student
+    step.forward_backward, step.student, step.trained, step.optimizer = forward_backward, student, trained, optimizer
     return step, batches
 
 
