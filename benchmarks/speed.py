@@ -106,6 +106,16 @@ KD_RUNS = {
                                                           freeze_word_embeddings=True, hidden_dropout=0.0),
                                             "attention and hidden dropout 0, teacher logits cached in fp32, student "
                                             "in bf16, its word embeddings frozen"),
+    # and with every embedding and the student's first layer frozen (--freeze_layers 1): the backward pass stops
+    # above them; a recipe change (its accuracy: benchmarks/accuracy.py kd-ad0-bf16-t32-frozen-hd0-fl1 against
+    # kd-ad0-bf16-t32-frozen-hd0)
+    **{f"kdapp_2ep_{arm}_bf16_t32_frozen_hd0_fl1": (2, arm == "cache", dict(mixed_precision="bf16",
+                                                                           teacher_precision="fp32",
+                                                                           freeze_word_embeddings=True,
+                                                                           hidden_dropout=0.0, freeze_layers=1),
+                                                     f"attention and hidden dropout 0, {what}, student in bf16, its "
+                                                     "embeddings and first layer frozen")
+       for arm, what in (("nocache", "teacher on the fly in fp32"), ("cache", "teacher logits cached in fp32"))},
 }
 # 1-epoch KD runs against the seed-faithful baseline: (ratio key, run, what kdapp ran, note)
 TRAINING_RATIOS = [
@@ -132,9 +142,13 @@ CACHE_RATIOS = [("cache_2ep", "kdapp_2ep_nocache", "kdapp_2ep_cache", ""),
                  " (student in bf16, teacher in fp32, the student's word embeddings frozen)"),
                 ("cache_2ep_bf16_t32_frozen_hd0", "kdapp_2ep_nocache_bf16_t32_frozen_hd0",
                  "kdapp_2ep_cache_bf16_t32_frozen_hd0",
-                 " (student in bf16, teacher in fp32, the student's word embeddings frozen, no hidden dropout)")]
+                 " (student in bf16, teacher in fp32, the student's word embeddings frozen, no hidden dropout)"),
+                ("cache_2ep_bf16_t32_frozen_hd0_fl1", "kdapp_2ep_nocache_bf16_t32_frozen_hd0_fl1",
+                 "kdapp_2ep_cache_bf16_t32_frozen_hd0_fl1",
+                 " (student in bf16, teacher in fp32, no hidden dropout, the student's embeddings and first layer "
+                 "frozen)")]
 TARGETS = {"train_1ep": 1.5, "cache_2ep": 1.4, "cache_2ep_bf16_t32": 1.4, "cache_2ep_bf16_t32_frozen": 1.4,
-           "cache_2ep_bf16_t32_frozen_hd0": 1.4,
+           "cache_2ep_bf16_t32_frozen_hd0": 1.4, "cache_2ep_bf16_t32_frozen_hd0_fl1": 1.4,
            "infer_fp32": 1.2, "infer_fastest": 2.5,
            "infer_fastest_within": 2.5, "arch": 1.9}
 ACCURACY_TOLERANCE = 0.003  # the fast path's accuracy within 0.3 points of fp32's
@@ -321,7 +335,7 @@ def kd_run(args, teacher: str, work: Path, name: str, epochs: float, cache: bool
             "teacher_precision": meta["teacher_precision_effective"], "fast_dropout": cfg.fast_dropout,
             "dropout_path": meta["dropout_path"], "mixed_precision": meta["mixed_precision_effective"],
             "last_layer": meta["last_layer"], "frozen_parameters": meta["frozen_parameters"],
-            "output_dir": str(result.output_dir)}
+            "freeze_layers": cfg.freeze_layers, "output_dir": str(result.output_dir)}
 
 
 def kdapp_pass(model, tokenizer, texts, labels, max_length: int, precision: str, batch_size: int = 100,
@@ -700,7 +714,7 @@ def write_report(report: dict, out: Path) -> None:
         lines.append(f"| {r['what']} | {r['ratio']:.2f}x | {r['target'] or '-'} | {met} | {r['note']} |")
     if report["training"]:
         lines += ["", "| training run | samples/s | train s | wall s | cache pass s | attention dropout | hidden dropout "
-                  "| dropout path | last layer | teacher | precision | word embeddings |", "|---" * 12 + "|"]
+                  "| dropout path | last layer | teacher | precision | word embeddings | frozen layers |", "|---" * 13 + "|"]
         for k, v in report["training"].items():
             dropout = v.get("attention_dropout", "-")
             lines.append(f"| {k} | {v['train_samples_per_second']:.2f} | {v['train_runtime_s']:.1f} | "
@@ -710,7 +724,7 @@ def write_report(report: dict, out: Path) -> None:
                          f"{_dropout_label(k, v)} | "
                          f"{v.get('last_layer', 'full')} | {v.get('teacher_precision', 'fp32').replace('auto', 'fp32')} "
                          f"| {v.get('mixed_precision', 'fp32')} | "
-                         f"{'frozen' if v.get('frozen_parameters') else 'trained'} |")
+                         f"{'frozen' if v.get('frozen_parameters') else 'trained'} | {v.get('freeze_layers', 0)} |")
     if report["inference"]:
         lines += ["", "| inference path | reviews/s | accuracy | reviews | size MB | last layer |",
                   "|---|---|---|---|---|---|"]

@@ -81,6 +81,11 @@ class RunConfig:
                                              "state or update for the largest matrix (11.7M of a 3-layer MiniLM "
                                              "student's 17.4M parameters). Faster CPU steps; a recipe change "
                                              "(docs/speed.md; its accuracy: docs/accuracy.md).")
+    freeze_layers: int = _f(0, "Leave the embeddings (all of them) and the first N encoder layers of the model "
+                               "being trained as they are: no gradient, AdamW state or update, and the backward "
+                               "pass stops above them (a student from the teacher keeps the teacher's). At least one "
+                               "layer stays trained. Faster steps; a recipe change (docs/speed.md; its accuracy: "
+                               "docs/accuracy.md). 0: none.")
     cls_only: bool = _f(True, "Compute the last layer at [CLS] only, the one position a classifier reads (keys and "
                               "values still from every token; kdapp/cls_only.py): the same logits and gradients, a "
                               "quarter less work for a 3-layer student. Off where every position is read (the "
@@ -187,6 +192,12 @@ class RunConfig:
             (self.report_to in ("none", "wandb"), f"report_to must be none or wandb, got {self.report_to!r}"),
             (self.save_steps > 0 and self.logging_steps > 0, "save_steps and logging_steps must be > 0"),
         ]
+        checks.append((isinstance(self.freeze_layers, int) and self.freeze_layers >= 0,
+                       f"freeze_layers must be a whole number >= 0, got {self.freeze_layers}"))
+        if self.student_layers is not None and self.student_layers > 0 and self.kind == "distill":
+            checks.append((self.freeze_layers < self.student_layers,
+                           f"freeze_layers ({self.freeze_layers}) must leave at least one of the student's "
+                           f"{self.student_layers} layers trained"))
         for name in ("max_train_samples", "max_eval_samples", "transfer_samples", "student_layers", "num_threads"):
             value = getattr(self, name)
             checks.append((value is None or value > 0, f"{name} must be a positive integer, got {value}"))

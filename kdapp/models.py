@@ -164,7 +164,7 @@ def student_layer_map(teacher_layers: int, student_layers: int | None = None) ->
     return [i * teacher_layers // n for i in range(n)]
 
 
-def _encoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+def encoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
     base = getattr(model, model.base_model_prefix)
     for path in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
         obj = base
@@ -183,10 +183,10 @@ def student_from_teacher(teacher: PreTrainedModel, student_layers: int | None = 
 
     The layer map is stored in the student's config as `kdapp_layer_map` (used by the hidden-state loss).
     """
-    keep = student_layer_map(len(_encoder_layers(teacher)), student_layers)
+    keep = student_layer_map(len(encoder_layers(teacher)), student_layers)
     student = copy.deepcopy(teacher)
     student.__dict__.pop("kdapp_int8_maxima", None)  # the teacher's layers' int8 calibration, not the student's
-    layers = _encoder_layers(student)
+    layers = encoder_layers(student)
     kept = torch.nn.ModuleList([layers[i] for i in keep])
     for new_idx, layer in enumerate(kept):  # attention modules remember their index (KV-cache bookkeeping)
         for module in layer.modules():

@@ -31,7 +31,7 @@ from .encoding import encode, masked_views, tokenize_dataset, window_views
 from .evaluation import score
 from .inference import native_bf16, prepare_model
 from .metrics import trainer_metrics
-from .models import (check_same_tokenizer, count_parameters, load_model, load_pair, load_tokenizer,
+from .models import (check_same_tokenizer, count_parameters, encoder_layers, load_model, load_pair, load_tokenizer,
                      set_attention_dropout, set_hidden_dropout, student_from_teacher)
 from .quantize import CALIBRATION_ROWS, activation_maxima, calibration_tag
 
@@ -71,7 +71,7 @@ def train_teacher(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None
         set_hidden_dropout(model, cfg.hidden_dropout)
     dropout_path = _dropout_path(cfg, model, amp)
     last_layer = _last_layer(cfg, model)
-    frozen = _freeze_word_embeddings(cfg, model)
+    frozen = _freeze(cfg, model)
     max_length = _check_max_length(cfg, model)
     train_ds, eval_ds = (_tokenize(cfg, splits[s], tokenizer, max_length) for s in ("train", "validation"))
     # windows and masked copies of the labelled reviews, each with its review's label (as for a no-KD student)
@@ -116,7 +116,7 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         raise ValueError(f"hidden_loss needs equal widths; teacher hidden_size {teacher.config.hidden_size} != "
                          f"student {student.config.hidden_size}. Use --hidden_loss none or a student from the teacher.")
     last_layer = _last_layer(cfg, student)
-    frozen = _freeze_word_embeddings(cfg, student)
+    frozen = _freeze(cfg, student)
     folds = check_fold_teachers(cfg, len(splits["train"])) if cfg.fold_teachers else None  # before tokenizing
 
     train_rows = splits["train"]
@@ -262,14 +262,25 @@ def _dropout_path(cfg: RunConfig, model, amp: torch.dtype | None) -> str:
     return "kdapp-cpu"
 
 
-def _freeze_word_embeddings(cfg: RunConfig, model) -> int:
-    """With cfg.freeze_word_embeddings, stop training the model's word embeddings (the Trainer's optimizer and
-    gradient clipping skip parameters without requires_grad); the number of parameters frozen, for the metadata."""
-    if not cfg.freeze_word_embeddings:
-        return 0
-    weight = model.get_input_embeddings().weight
-    weight.requires_grad_(False)
-    return weight.numel()
+def _freeze(cfg: RunConfig, model) -> int:
+    """Stop training what the run leaves as it is (the Trainer's optimizer and gradient clipping skip parameters
+    without requires_grad): with cfg.freeze_word_embeddings the word embeddings; with cfg.freeze_layers = N every
+    embedding and the first N encoder layers, so the backward pass stops above them. The number of parameters
+    frozen, for the metadata."""
+    frozen = [model.get_input_embeddings().weight] if cfg.freeze_word_embeddings else []
+    if cfg.freeze_layers:
+        layers, embeddings = encoder_layers(model), getattr(model.base_model, "embeddings", None)
+        if cfg.freeze_layers >= len(layers):
+            raise ValueError(f"freeze_layers {cfg.freeze_layers}: {type(model).__name__} has {len(layers)} encoder "
+                             "layers, and at least one must stay trained")
+        if embeddings is None:
+            raise ValueError(f"freeze_layers: no embeddings module found in {type(model).__name__}")
+        for module in (embeddings, *layers[:cfg.freeze_layers]):
+            frozen.extend(module.parameters())
+    unique = {id(p): p for p in frozen}
+    for weight in unique.values():
+        weight.requires_grad_(False)
+    return sum(w.numel() for w in unique.values())
 
 
 def _last_layer(cfg: RunConfig, model) -> str:

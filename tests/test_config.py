@@ -22,7 +22,7 @@ def test_defaults_are_the_seeds_recipe():
     ("hidden_loss", "l1"), ("mixed_precision", "fp8"), ("eval_strategy", "sometimes"), ("report_to", "tensorboard"),
     ("max_train_samples", 0), ("max_eval_samples", -3), ("student_layers", 0), ("save_steps", 0),
     ("attention_dropout", 1.0), ("attention_dropout", -0.1), ("teacher_max_length", 4), ("teacher_precision", "int4"),
-    ("hidden_dropout", 1.0), ("hidden_dropout", -0.1),
+    ("hidden_dropout", 1.0), ("hidden_dropout", -0.1), ("freeze_layers", -1), ("freeze_layers", 1.5),
 ])
 def test_bad_values_are_refused_with_the_field_name(field, value):
     with pytest.raises(ValueError, match=field):
@@ -111,3 +111,9 @@ def test_head_tokens_scale_with_the_length_asked_for():
     assert RunConfig(max_length=256).resolved_head_tokens() == 64
     assert RunConfig(max_length=256).resolved_head_tokens(512) == 128  # Sun et al.'s 128 + 382
     assert RunConfig(max_length=256, head_tokens=200).resolved_head_tokens(64) == 62  # at most what fits
+
+
+def test_freeze_layers_must_leave_a_student_layer_trained():
+    assert RunConfig(kind="distill", teacher="t", student_layers=3, freeze_layers=2).freeze_layers == 2
+    with pytest.raises(ValueError, match="freeze_layers .3. must leave at least one of the student's 3 layers"):
+        RunConfig(kind="distill", teacher="t", student_layers=3, freeze_layers=3)

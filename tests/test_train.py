@@ -175,6 +175,32 @@ def test_freeze_word_embeddings_keeps_the_teachers_and_trains_the_rest(teacher_r
     assert meta["frozen_parameters"] == (words.numel() if freeze else 0)
 
 
+def test_freeze_layers_keeps_the_embeddings_and_first_layer_and_trains_the_rest(teacher_run, reviews_parquet,
+                                                                                 workdir):
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER,
+                                         workdir / "freeze-layers", freeze_layers=1))
+    assert result.status == "done", result.message
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_run.output_dir)
+    student = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
+    assert len(student.bert.encoder.layer) == 2  # the teacher's layers 0 and 2
+    kept = [*zip(student.bert.embeddings.parameters(), teacher.bert.embeddings.parameters()),
+            *zip(student.bert.encoder.layer[0].parameters(), teacher.bert.encoder.layer[0].parameters())]
+    assert all(torch.equal(s, t) for s, t in kept)
+    # what lies above trained: the second layer (the teacher's third) and the classifier
+    assert not torch.equal(student.bert.encoder.layer[1].output.dense.weight,
+                           teacher.bert.encoder.layer[2].output.dense.weight)
+    assert not torch.equal(student.classifier.weight, teacher.classifier.weight)
+    meta = load_run_info(result.output_dir).run_config["meta"]
+    assert meta["frozen_parameters"] == sum(s.numel() for s, _ in kept)
+
+
+def test_freeze_layers_that_would_leave_nothing_to_train_is_refused(teacher_run, reviews_parquet, workdir):
+    with pytest.raises(ValueError, match="freeze_layers 2: BertForSequenceClassification has 2 encoder layers"):
+        distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER,
+                                    workdir / "freeze-all", freeze_layers=2))
+    assert not (workdir / "freeze-all").exists()
+
+
 def test_freeze_word_embeddings_on_a_teacher_run(teacher_dir, reviews_parquet, workdir):
     result = train_teacher(teacher_cfg(reviews_parquet, workdir / "teacher-frozen", model=str(teacher_dir),
                                        freeze_word_embeddings=True))
