@@ -24,12 +24,13 @@ BATCH, REVIEWS = 16, 640
 
 
 def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: int = REVIEWS,
-                 freeze_word_embeddings: bool = False, hidden_dropout: float | None = None):
+                 freeze_word_embeddings: bool = False, hidden_dropout: float | None = None, freeze_layers: int = 0):
     """(step, batches): step(batch) trains the student on one batch (a list of row numbers); step.forward_backward(
     batch, weight=1.0) only adds the batch's gradients to step.student's and returns its logits; step.trained and
     step.optimizer are the trained parameters and their fused AdamW. As the run options do:
     freeze_word_embeddings, the word embeddings get no gradient, clipping or AdamW update; hidden_dropout, every
-    dropout but the attention's at that p (None: the model's own, 0.1)."""
+    dropout but the attention's at that p (None: the model's own, 0.1); freeze_layers, every embedding and the
+    first N layers get none either (the backward pass stops above them)."""
     import pandas as pd
     import torch
 
@@ -38,7 +39,8 @@ def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: 
     from kdapp.dropout import use_fast_dropout
     from kdapp.encoding import encode
     from kdapp.inference import pad_batch
-    from kdapp.models import load_pair, minilm_path, set_attention_dropout, set_hidden_dropout, student_from_teacher
+    from kdapp.models import (encoder_layers, load_pair, minilm_path, set_attention_dropout, set_hidden_dropout,
+                              student_from_teacher)
 
     teacher, tokenizer = load_pair(str(TEACHER if TEACHER.is_dir() else minilm_path()))
     rows = pd.read_parquet(data).sample(reviews, random_state=1)
@@ -54,6 +56,8 @@ def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: 
     use_fast_dropout(student)
     use_cls_only(student)
     student.get_input_embeddings().weight.requires_grad_(not freeze_word_embeddings)
+    for module in (student.base_model.embeddings, *encoder_layers(student)[:freeze_layers]) if freeze_layers else ():
+        module.requires_grad_(False)
     trained = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=1e-5, fused=True)
     bf16 = precision == "bf16"

@@ -1,0 +1,58 @@
+"""benchmarks/step_levers.py and benchmarks/frozen_layers.py: what their arms change (no timing here)."""
+import types
+
+import pytest
+import torch
+
+from conftest import tiny_bert
+from test_hidden_dropout import load
+
+
+@pytest.fixture(scope="module")
+def step_levers():
+    return load("step_levers")
+
+
+@pytest.fixture(scope="module")
+def frozen_layers():
+    return load("frozen_layers")
+
+
+def test_fused_qkv_gives_the_models_own_logits(step_levers):
+    model = tiny_bert().eval()
+    ids = torch.randint(5, 30, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        for layer in model.bert.encoder.layer:
+            layer.attention.self.forward = types.MethodType(step_levers.fused_qkv_forward, layer.attention.self)
+        after = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_bf16_layer_norm_is_layer_norm_outside_autocast_and_bf16_inside(step_levers):
+    torch.manual_seed(0)
+    plain = torch.nn.LayerNorm(16)
+    torch.nn.init.normal_(plain.weight)
+    lever = torch.nn.LayerNorm(16)
+    lever.load_state_dict(plain.state_dict())
+    lever.__class__ = step_levers.bf16_layer_norm_class()
+    x = torch.randn(4, 16)
+    assert torch.equal(lever(x), plain(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, reference = lever(x), plain(x)
+    assert out.dtype == torch.bfloat16 and reference.dtype == torch.float32  # autocast's own LayerNorm: fp32 out
+    assert torch.allclose(out.float(), reference, atol=0.05)
+
+
+def test_frozen_layers_arms_and_the_parameters_they_train(frozen_layers):
+    assert [frozen_layers.FREEZE_LAYERS[arm] for arm in frozen_layers.ARMS] == [0, 1]
+    model = tiny_bert()
+    step = types.SimpleNamespace(student=model)
+    every = sum(p.numel() for p in model.parameters())
+    assert frozen_layers.trained_parameters(step) == every
+    model.bert.embeddings.requires_grad_(False)
+    model.bert.encoder.layer[0].requires_grad_(False)
+    frozen = sum(p.numel() for m in (model.bert.embeddings, model.bert.encoder.layer[0]) for p in m.parameters())
+    assert frozen_layers.trained_parameters(step) == every - frozen
