@@ -1,24 +1,15 @@
 """benchmarks/step_levers.py and benchmarks/frozen_layers.py: what their arms change (no timing here)."""
 import types
 
-import pytest
 import torch
 
 from conftest import tiny_bert
 from test_hidden_dropout import load
 
-
-@pytest.fixture(scope="module")
-def step_levers():
-    return load("step_levers")
+step_levers, frozen_layers = load("step_levers"), load("frozen_layers")
 
 
-@pytest.fixture(scope="module")
-def frozen_layers():
-    return load("frozen_layers")
-
-
-def test_fused_qkv_gives_the_models_own_logits(step_levers):
+def test_fused_qkv_gives_the_models_own_logits():
     model = tiny_bert().eval()
     ids = torch.randint(5, 30, (3, 12))
     mask = torch.ones_like(ids)
@@ -31,7 +22,7 @@ def test_fused_qkv_gives_the_models_own_logits(step_levers):
     assert torch.allclose(before, after, atol=1e-5)
 
 
-def test_bf16_layer_norm_is_layer_norm_outside_autocast_and_bf16_inside(step_levers):
+def test_bf16_layer_norm_is_layer_norm_outside_autocast_and_bf16_inside():
     torch.manual_seed(0)
     plain = torch.nn.LayerNorm(16)
     torch.nn.init.normal_(plain.weight)
@@ -46,7 +37,7 @@ def test_bf16_layer_norm_is_layer_norm_outside_autocast_and_bf16_inside(step_lev
     assert torch.allclose(out.float(), reference, atol=0.05)
 
 
-def test_frozen_layers_arms_and_the_parameters_they_train(frozen_layers):
+def test_frozen_layers_arms_and_the_parameters_they_train():
     assert [frozen_layers.FREEZE_LAYERS[arm] for arm in frozen_layers.ARMS] == [0, 1]
     model = tiny_bert()
     step = types.SimpleNamespace(student=model)
