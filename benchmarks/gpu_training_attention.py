@@ -83,8 +83,7 @@ def main() -> None:
     trained = {arm: [p for p in m.parameters() if p.requires_grad] for arm, m in students.items()}
     optimizers = {arm: torch.optim.AdamW(trained[arm], lr=2e-5, fused=device == "cuda") for arm in ARMS}
     contexts = {"default": contextlib.nullcontext, "nocudnn": lambda: attention_backends(device)}
-    scaler_dtype = torch.float16 if amp == torch.float16 else None
-    scalers = {arm: torch.amp.GradScaler(device, enabled=scaler_dtype is not None) for arm in ARMS}
+    scalers = {arm: torch.amp.GradScaler(device, enabled=amp == torch.float16) for arm in ARMS}  # fp16 only
 
     def sync() -> None:
         if device == "cuda":
