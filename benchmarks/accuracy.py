@@ -283,21 +283,23 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
         # the speed benchmark's logit-cache pair (benchmarks/speed.py, kdapp_2ep_*_bf16_t32): KD on the labelled
         # reviews, attention dropout 0, the student in bf16 and the teacher in fp32; the same with the word
         # embeddings frozen (--freeze_word_embeddings: faster CPU steps), frozen with no hidden dropout either
-        # (--hidden_dropout 0: no masks to draw), and that with every embedding and the first layer frozen too
-        # (--freeze_layers 1: the backward pass stops above them). Does any of them cost accuracy?
+        # (--hidden_dropout 0: no masks to draw), and that with every embedding and the first layer (or the first two)
+        # frozen too (--freeze_layers 1 or 2: the backward pass stops above them). Does any of them cost accuracy?
         **{f"kd-ad0-bf16-t32{frz}{hd}{fl}{sfx}": ("kdapp: KD student, labelled reviews only, attention dropout 0, "
                                                   "bf16 student, fp32 teacher"
                                                   + (", word embeddings frozen" if frz else "")
                                                   + (", hidden dropout 0" if hd else "")
-                                                  + (", the embeddings and first layer frozen" if fl else "")
+                                                  + ({"-fl1": ", the embeddings and first layer frozen",
+                                                      "-fl2": ", the embeddings and first two layers frozen"}.get(fl, ""))
                                                   + (f", seed {seed}" if sfx else ""),
                                                   RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, seed=seed,
                                                             attention_dropout=0.0, mixed_precision="bf16",
                                                             teacher_precision="fp32", freeze_word_embeddings=bool(frz),
                                                             hidden_dropout=0.0 if hd else None,
-                                                            freeze_layers=1 if fl else 0,
+                                                            freeze_layers=int(fl[3:] or 0),
                                                             **FAST_DROPOUT, **KDAPP_STUDENT))
-           for frz, hd, fl in (("", "", ""), ("-frozen", "", ""), ("-frozen", "-hd0", ""), ("-frozen", "-hd0", "-fl1"))
+           for frz, hd, fl in (("", "", ""), ("-frozen", "", ""), ("-frozen", "-hd0", ""), ("-frozen", "-hd0", "-fl1"),
+                               ("-frozen", "-hd0", "-fl2"))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         # students made from the pretrained MiniLM's layers 0, 2, 4 (not the fine-tuned teacher's): what the
         # teacher knows reaches them through KD alone, so how much of KD's gain does the fine-tuned init already give?
@@ -586,6 +588,7 @@ CFV_TUNED_PAIRS = (*((f"kd-masked-windows-cfv-{tag}", other) for tag in ("t1", "
                      for other in ("nokd", "nokd-masked-windows", "kd-transfer-masked-windows")))
 SEED_GAPS = (("kd-ad0-bf16-t32-frozen", "kd-ad0-bf16-t32"), ("kd-ad0-bf16-t32-frozen-hd0", "kd-ad0-bf16-t32-frozen"),
              ("kd-ad0-bf16-t32-frozen-hd0-fl1", "kd-ad0-bf16-t32-frozen-hd0"),
+             ("kd-ad0-bf16-t32-frozen-hd0-fl2", "kd-ad0-bf16-t32-frozen-hd0-fl1"),
              ("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"), ("kd-crossfit", "nokd"),
              ("kd-pretrained", "nokd-pretrained"), ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
              ("kd-transfer-masked", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained-3ep"),
@@ -693,8 +696,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
              ("kd-transfer-masked-bf16-fastdrop", "nokd-bf16-fastdrop"),
              *((f"kd-ad0-bf16-t32-frozen{sfx}", f"kd-ad0-bf16-t32{sfx}") for sfx in ("", "-s43", "-s44")),
              *((f"kd-ad0-bf16-t32-frozen-hd0{sfx}", f"kd-ad0-bf16-t32-frozen{sfx}") for sfx in ("", "-s43", "-s44")),
-             *((f"kd-ad0-bf16-t32-frozen-hd0-fl1{sfx}", f"kd-ad0-bf16-t32-frozen-hd0{sfx}")
-               for sfx in ("", "-s43", "-s44")),
+             *((f"kd-ad0-bf16-t32-frozen-hd0-fl{n}{sfx}", f"kd-ad0-bf16-t32-frozen-hd0{'-fl1' if n == 2 else ''}{sfx}")
+               for n in (1, 2) for sfx in ("", "-s43", "-s44")),
              ("kd-pretrained", "nokd-pretrained"), ("kd-pretrained-s43", "nokd-pretrained-s43"),
              ("nokd", "nokd-pretrained"), ("kd", "kd-pretrained"),
              # kdapp's KD students against the student trained without the teacher (pretrained init, labels only)
