@@ -60,6 +60,7 @@ RECIPE = dict(per_device_train_batch_size=16, learning_rate=1e-4, alpha=0.5, tem
 # is the same run with PyTorch's dropout, to show what that path buys. What attention dropout 0 costs in accuracy is
 # measured by benchmarks/accuracy.py (kd-ad0, nokd-ad0, kd-transfer-masked-ad0).
 KDAPP_TRAINING = dict(attention_dropout=0.0)
+FIRST_LAYERS = {1: "first layer", 2: "first two layers"}  # --freeze_layers N, in words
 # kdapp's KD runs: name -> (epochs, logit cache, RunConfig overrides, what it is)
 KD_RUNS = {
     "kdapp_1ep": (1, False, {}, "attention dropout 0"),
@@ -109,12 +110,14 @@ KD_RUNS = {
     # and with every embedding and the student's first layer frozen (--freeze_layers 1): the backward pass stops
     # above them; a recipe change (its accuracy: benchmarks/accuracy.py kd-ad0-bf16-t32-frozen-hd0-fl1 against
     # kd-ad0-bf16-t32-frozen-hd0)
-    **{f"kdapp_2ep_{arm}_bf16_t32_frozen_hd0_fl1": (2, arm == "cache", dict(mixed_precision="bf16",
-                                                                           teacher_precision="fp32",
-                                                                           freeze_word_embeddings=True,
-                                                                           hidden_dropout=0.0, freeze_layers=1),
-                                                     f"attention and hidden dropout 0, {what}, student in bf16, its "
-                                                     "embeddings and first layer frozen")
+    # (and --freeze_layers 2: only the last layer and the classifier train)
+    **{f"kdapp_2ep_{arm}_bf16_t32_frozen_hd0_fl{n}": (2, arm == "cache", dict(mixed_precision="bf16",
+                                                                             teacher_precision="fp32",
+                                                                             freeze_word_embeddings=True,
+                                                                             hidden_dropout=0.0, freeze_layers=n),
+                                                       f"attention and hidden dropout 0, {what}, student in bf16, its "
+                                                       f"embeddings and {FIRST_LAYERS[n]} frozen")
+       for n in (1, 2)
        for arm, what in (("nocache", "teacher on the fly in fp32"), ("cache", "teacher logits cached in fp32"))},
 }
 # 1-epoch KD runs against the seed-faithful baseline: (ratio key, run, what kdapp ran, note)
@@ -143,12 +146,13 @@ CACHE_RATIOS = [("cache_2ep", "kdapp_2ep_nocache", "kdapp_2ep_cache", ""),
                 ("cache_2ep_bf16_t32_frozen_hd0", "kdapp_2ep_nocache_bf16_t32_frozen_hd0",
                  "kdapp_2ep_cache_bf16_t32_frozen_hd0",
                  " (student in bf16, teacher in fp32, the student's word embeddings frozen, no hidden dropout)"),
-                ("cache_2ep_bf16_t32_frozen_hd0_fl1", "kdapp_2ep_nocache_bf16_t32_frozen_hd0_fl1",
-                 "kdapp_2ep_cache_bf16_t32_frozen_hd0_fl1",
-                 " (student in bf16, teacher in fp32, no hidden dropout, the student's embeddings and first layer "
-                 "frozen)")]
+                *((f"cache_2ep_bf16_t32_frozen_hd0_fl{n}", f"kdapp_2ep_nocache_bf16_t32_frozen_hd0_fl{n}",
+                   f"kdapp_2ep_cache_bf16_t32_frozen_hd0_fl{n}",
+                   f" (student in bf16, teacher in fp32, no hidden dropout, the student's embeddings and "
+                   f"{FIRST_LAYERS[n]} frozen)") for n in (1, 2))]
 TARGETS = {"train_1ep": 1.5, "cache_2ep": 1.4, "cache_2ep_bf16_t32": 1.4, "cache_2ep_bf16_t32_frozen": 1.4,
            "cache_2ep_bf16_t32_frozen_hd0": 1.4, "cache_2ep_bf16_t32_frozen_hd0_fl1": 1.4,
+           "cache_2ep_bf16_t32_frozen_hd0_fl2": 1.4,
            "infer_fp32": 1.2, "infer_fastest": 2.5,
            "infer_fastest_within": 2.5, "arch": 1.9}
 ACCURACY_TOLERANCE = 0.003  # the fast path's accuracy within 0.3 points of fp32's
@@ -297,20 +301,23 @@ def ensure_teacher(args, work: Path) -> tuple[str, str]:
 
 def kd_run(args, teacher: str, work: Path, name: str, epochs: float, cache: bool, **overrides) -> dict:
     """One distill_student run: wall time (loading and the cache pass included) and the Trainer's own numbers."""
+    import kdapp.distill as kdistill
     import kdapp.train as ktrain
     from kdapp.cache import CACHE_DIR
     from kdapp.checkpoints import load_run_info
     from kdapp.config import RunConfig
 
-    spent = {"cache_s": 0.0}
-    original = ktrain.teacher_logits
+    spent = {"cache_s": 0.0, "teacher_s": 0.0}
+    original, original_forward = ktrain.teacher_logits, kdistill.teacher_forward
 
-    def timed_cache(*a, **k):  # the teacher pass of --cache_teacher_logits happens before trainer.train()
-        start = time.perf_counter()
-        try:
-            return original(*a, **k)
-        finally:
-            spent["cache_s"] += time.perf_counter() - start
+    def timed(function, key: str):
+        def run(*a, **k):
+            start = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                spent[key] += time.perf_counter() - start
+        return run
 
     cfg = RunConfig(kind="distill", teacher=teacher, student="from-teacher", student_layers=3, data=args.data,
                     max_train_samples=args.n_reviews, max_eval_samples=args.n_score, max_length=args.max_length,
@@ -320,16 +327,18 @@ def kd_run(args, teacher: str, work: Path, name: str, epochs: float, cache: bool
     # every run starts with an empty cache: two runs with the same teacher at the same precision share its file, so
     # without this the second would time a warm cache
     shutil.rmtree(CACHE_DIR, ignore_errors=True)
-    ktrain.teacher_logits = timed_cache
+    # the teacher's pass of --cache_teacher_logits (before trainer.train()), and its forward on the fly in each step
+    ktrain.teacher_logits, kdistill.teacher_forward = timed(original, "cache_s"), timed(original_forward, "teacher_s")
     start = time.perf_counter()
     try:
         result = ktrain.distill_student(cfg)
     finally:
-        ktrain.teacher_logits = original
+        ktrain.teacher_logits, kdistill.teacher_forward = original, original_forward
     wall = time.perf_counter() - start
     m, meta = result.metrics, load_run_info(result.output_dir).run_config["meta"]
     return {"wall_s": round(wall, 2), "train_runtime_s": m["train_runtime_s"],
             "train_samples_per_second": m["train_samples_per_second"], "cache_s": round(spent["cache_s"], 2),
+            "teacher_on_the_fly_s": round(spent["teacher_s"], 2),
             "epochs": epochs, "cached": cache, "attention_dropout": cfg.attention_dropout,
             "hidden_dropout": cfg.hidden_dropout,
             "teacher_precision": meta["teacher_precision_effective"], "fast_dropout": cfg.fast_dropout,
@@ -646,16 +655,22 @@ def cache_parts(no_cache: list[dict], cached: list[dict]) -> dict:
     """Where the two arms' wall time goes, per epoch, averaged over rounds (seconds):
     teacher: its forward on the fly (the no-cache arm's training minus the cache arm's, the student's steps taken to
     cost the same in both); student: the cache arm's training; cache_pass; fixed: the rest of each arm's wall time
-    (loading, tokenizing, saving, the end-of-run score)."""
+    (loading, tokenizing, saving, the end-of-run score). Where the no-cache runs timed the teacher's forward in each
+    step (teacher_on_the_fly_s), also teacher_timed, that time per epoch, and student_no_cache, the rest of that arm's
+    epoch: the student's steps as they cost beside the teacher."""
     def mean(runs, key):
         return sum(r[key] for r in runs) / len(runs)
 
     epochs = cached[0]["epochs"]
     student = mean(cached, "train_runtime_s") / epochs
-    return {"epochs": epochs, "teacher": mean(no_cache, "train_runtime_s") / epochs - student, "student": student,
-            "cache_pass": mean(cached, "cache_s"),
-            "fixed_no_cache": mean(no_cache, "wall_s") - mean(no_cache, "train_runtime_s"),
-            "fixed_cache": mean(cached, "wall_s") - mean(cached, "train_runtime_s") - mean(cached, "cache_s")}
+    parts = {"epochs": epochs, "teacher": mean(no_cache, "train_runtime_s") / epochs - student, "student": student,
+             "cache_pass": mean(cached, "cache_s"),
+             "fixed_no_cache": mean(no_cache, "wall_s") - mean(no_cache, "train_runtime_s"),
+             "fixed_cache": mean(cached, "wall_s") - mean(cached, "train_runtime_s") - mean(cached, "cache_s")}
+    if all("teacher_on_the_fly_s" in r for r in no_cache):
+        parts["teacher_timed"] = mean(no_cache, "teacher_on_the_fly_s") / epochs
+        parts["student_no_cache"] = mean(no_cache, "train_runtime_s") / epochs - parts["teacher_timed"]
+    return parts
 
 
 def student_epoch_for(ratio: float, parts: dict) -> float:
@@ -668,8 +683,10 @@ def student_epoch_for(ratio: float, parts: dict) -> float:
 
 def _cache_parts_note(no_cache: list[dict], cached: list[dict], target: float | None) -> str:
     p = cache_parts(no_cache, cached)
-    note = (f"; per epoch: teacher on the fly {p['teacher']:.1f} s, cache pass {p['cache_pass']:.1f} s, student "
-            f"{p['student']:.1f} s (fixed per run: {p['fixed_no_cache']:.1f} s without the cache, "
+    timed = (f" (timed in its steps: {p['teacher_timed']:.1f} s, beside {p['student_no_cache']:.1f} s of the "
+             f"student's)") if "teacher_timed" in p else ""
+    note = (f"; per epoch: teacher on the fly {p['teacher']:.1f} s{timed}, cache pass {p['cache_pass']:.1f} s, "
+            f"student {p['student']:.1f} s (fixed per run: {p['fixed_no_cache']:.1f} s without the cache, "
             f"{p['fixed_cache']:.1f} s with it)")
     if target:
         bound = student_epoch_for(target, p)
