@@ -67,3 +67,16 @@ def test_the_note_says_when_no_student_could_reach_the_target(speed):
               "inference": {}, "setup": {}}
     row = next(r for r in speed.ratios(report) if r["key"] == "cache_2ep")
     assert "no student epoch, however short, gives 1.4x" in row["note"] and "at or below" not in row["note"]
+
+
+def test_cache_parts_split_the_no_cache_arm_where_the_teacher_was_timed(speed):
+    # the teacher's forward timed in the no-cache arm's steps: 2 x 45 s of its 164 s training
+    no_cache = [dict(_run(168, 164), teacher_on_the_fly_s=90.0)]
+    parts = speed.cache_parts(no_cache, [_run(127, 84, cache=38)])
+    assert parts["teacher_timed"] == pytest.approx(45) and parts["student_no_cache"] == pytest.approx(37)
+    assert parts["teacher"] == pytest.approx(40)  # the derived split is kept beside it
+    report = {"training": {"kdapp_2ep_nocache": no_cache[0], "kdapp_2ep_cache": _run(127, 84, cache=38)},
+              "inference": {}, "setup": {}}
+    row = next(r for r in speed.ratios(report) if r["key"] == "cache_2ep")
+    assert "timed in its steps: 45.0 s, beside 37.0 s of the student's" in row["note"]
+    assert "teacher_timed" not in speed.cache_parts([_run(168, 164)], [_run(127, 84, cache=38)])
