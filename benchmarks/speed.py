@@ -110,7 +110,8 @@ KD_RUNS = {
     # and with every embedding and the student's first layer frozen (--freeze_layers 1): the backward pass stops
     # above them; a recipe change (its accuracy: benchmarks/accuracy.py kd-ad0-bf16-t32-frozen-hd0-fl1 against
     # kd-ad0-bf16-t32-frozen-hd0)
-    # (and --freeze_layers 2: only the last layer and the classifier train)
+    # (and --freeze_layers 2: only the last layer, the pooler and the classifier train; it costs accuracy, so no target
+    # counts its pair: it shows how the cache's gain grows as the student's epoch shrinks)
     **{f"kdapp_2ep_{arm}_bf16_t32_frozen_hd0_fl{n}": (2, arm == "cache", dict(mixed_precision="bf16",
                                                                              teacher_precision="fp32",
                                                                              freeze_word_embeddings=True,
@@ -152,7 +153,6 @@ CACHE_RATIOS = [("cache_2ep", "kdapp_2ep_nocache", "kdapp_2ep_cache", ""),
                    f"{FIRST_LAYERS[n]} frozen)") for n in (1, 2))]
 TARGETS = {"train_1ep": 1.5, "cache_2ep": 1.4, "cache_2ep_bf16_t32": 1.4, "cache_2ep_bf16_t32_frozen": 1.4,
            "cache_2ep_bf16_t32_frozen_hd0": 1.4, "cache_2ep_bf16_t32_frozen_hd0_fl1": 1.4,
-           "cache_2ep_bf16_t32_frozen_hd0_fl2": 1.4,
            "infer_fp32": 1.2, "infer_fastest": 2.5,
            "infer_fastest_within": 2.5, "arch": 1.9}
 ACCURACY_TOLERANCE = 0.003  # the fast path's accuracy within 0.3 points of fp32's
