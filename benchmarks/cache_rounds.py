@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +47,20 @@ def pooled(rounds: list[tuple[float, float]], resamples: int = 10_000, seed: int
             "median_round": float(np.median(walls[:, 0] / walls[:, 1]))}
 
 
+def natural_order(names: list[str]) -> list[str]:
+    """File names with their numbers compared as numbers, so a shell glob's ..._r10 comes after ..._r9, not before _r2."""
+    return sorted(names, key=lambda name: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("pair", choices=sorted(PAIRS), help="the cache ratio's key in speed.py (CACHE_RATIOS)")
-    p.add_argument("files", nargs="+", help="speed.py result JSONs")
+    p.add_argument("files", nargs="+", help="speed.py result JSONs (listed in natural order: _r2 before _r10)")
     p.add_argument("--target", type=float, help="default: speed.py's target for the pair")
     args = p.parse_args()
     target = args.target or TARGETS.get(args.pair, 1.4)
     every, lines, file_ratios = [], [], []
-    for name in args.files:
+    for name in natural_order(args.files):
         rounds = file_rounds(json.loads(Path(name).read_text()), args.pair)
         if not rounds:
             lines.append(f"| {name} | - | no rounds of this pair | - |")

@@ -54,3 +54,9 @@ def test_pooled_sums_the_walls_and_bounds_the_ratio(rounds_module):
 def test_identical_rounds_leave_no_spread(rounds_module):
     s = rounds_module.pooled([(150, 100)] * 5)
     assert s["ratio"] == pytest.approx(1.5) and s["interval"] == pytest.approx([1.5, 1.5])
+
+
+def test_files_are_listed_in_natural_order(rounds_module):
+    names = ["r/speed_fl1_r10.json", "r/speed_fl1.json", "r/speed_fl1_r2.json", "r/speed_fl1_r9.json"]
+    assert rounds_module.natural_order(names) == [
+        "r/speed_fl1.json", "r/speed_fl1_r2.json", "r/speed_fl1_r9.json", "r/speed_fl1_r10.json"]
