@@ -48,7 +48,7 @@ def pooled(rounds: list[tuple[float, float]], resamples: int = 10_000, seed: int
 
 
 def natural_order(names: list[str]) -> list[str]:
-    """File names with their numbers compared as numbers, so a shell glob's ..._r10 comes after ..._r9, not before _r2."""
+    """File names with their numbers compared as numbers: a shell glob's ..._r10 comes after _r9, not before _r2."""
     return sorted(names, key=lambda name: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)])
 
 
