@@ -376,6 +376,19 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         # the transfer set at its largest: every training review after the labelled 2,000 (20,500), the teacher's
         # soft targets only; does a 3-layer student get closer to its teacher given ten times the transfer reviews?
+        # the app's CPU preset (kdapp/ui/distill_tab.py, recipe_preset("cpu")): kd-transfer-masked-windows with kdapp's
+        # CPU dropout path, and the same with every embedding and the first layer frozen (--freeze_layers 1: the
+        # backward pass stops above them). It held accuracy on labelled-only KD (kd-ad0-bf16-t32-frozen-hd0-fl1);
+        # does it on the preset, where most rows are the teacher's soft targets on views and unlabelled reviews?
+        **{f"kd-transfer-masked-windows-fastdrop{fl}{sfx}": ("the app's CPU preset: kd-transfer-masked-windows with "
+                                                             "kdapp's CPU dropout"
+                                                             + (", the embeddings and first layer frozen" if fl else "")
+                                                             + (f", seed {seed}" if sfx else ""),
+                                                             RunConfig(kind="distill", teacher=t_kdapp, **STUDENT,
+                                                                       **TRANSFER_MASKED, augment_windows=2, seed=seed,
+                                                                       freeze_layers=1 if fl else 0, **FAST_DROPOUT,
+                                                                       **KDAPP_STUDENT))
+           for fl in ("", "-fl1") for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         **{f"kd-transfer-all-masked-windows{sfx}": ("kd-transfer-masked-windows with every further training review "
                                                     "(20,500) as the transfer set"
                                                     + (f", seed {seed}" if sfx else ""),

@@ -191,7 +191,7 @@ def test_teacher_length_precision_and_views_reach_the_run(runs, tmp_path, review
     demo = build_app(JobRegistry(), tmp_path / "ckpt")
     kd, nokd = kd_and_nokd_runs(demo, runs[1]["teacher"], reviews_parquet, cache_teacher_logits=True,
                                 teacher_max_length=32, teacher_precision="int8", mixup_alpha=0.4, online_mask_prob=0.2,
-                                freeze_word_embeddings=True, hidden_dropout=0.0, freeze_layers=1)
+                                freeze_word_embeddings=True, hidden_dropout=0.0, freeze_layers=1, weight_decay=0.05)
     assert (kd.run_config["teacher_max_length"], kd.run_config["meta"]["teacher_precision_effective"]) == (32, "int8")
     assert (kd.run_config["mixup_alpha"], kd.run_config["meta"]["mixup_targets"]) == (0.4, "teacher")
     assert (kd.run_config["online_mask_prob"], kd.run_config["meta"]["online_mask_targets"]) == (0.2, "teacher")
@@ -202,6 +202,7 @@ def test_teacher_length_precision_and_views_reach_the_run(runs, tmp_path, review
     for run in (kd, nokd):  # student recipe choices: the no-KD control freezes them and drops no hidden units too
         assert run.run_config["freeze_word_embeddings"] and run.run_config["meta"]["frozen_parameters"] > 0
         assert run.run_config["hidden_dropout"] == 0.0 and run.run_config["freeze_layers"] == 1
+        assert run.run_config["weight_decay"] == 0.05
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 training is refused on CPU only")

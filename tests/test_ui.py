@@ -236,3 +236,23 @@ def test_recipe_presets_fill_every_field_and_make_a_valid_config(scale):
     if scale == "cpu":  # kd-transfer-masked-windows of benchmarks/accuracy.py (2,000 transfer reviews)
         assert (cfg.augment_masked, cfg.augment_windows, cfg.transfer_samples) == (1, 2, 2000)
         assert cfg.attention_dropout is None and cfg.hidden_dropout is None
+
+
+def test_cpu_recipe_preset_is_the_measured_recipe():
+    """The button's recipe is the run benchmarks/accuracy.py measured, field for field (the data box excepted): a
+    setting the preset leaves to the form's default (weight decay, once) would make another recipe than the figures'."""
+    import importlib.util
+    from pathlib import Path
+
+    from kdapp.ui.distill_tab import PRESET_FIELDS, recipe_preset
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+    spec = importlib.util.spec_from_file_location("kdapp_accuracy_benchmark", path)
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+    measured = accuracy.runs()["kd-transfer-masked-windows-fastdrop"][1]
+    preset = recipe_preset("cpu")
+    differ = {k: (preset[k], getattr(measured, k)) for k in PRESET_FIELDS
+              if k != "data" and preset[k] != getattr(measured, k)}
+    assert differ == {}
+    assert preset["weight_decay"] == measured.weight_decay == 0.01

@@ -23,7 +23,7 @@ DEFAULTS = RunConfig(kind="distill", teacher="-")
 PRESET_FIELDS = ("num_train_epochs", "learning_rate", "warmup_steps", "truncation", "augment_windows", "augment_masked",
                  "cache_teacher_logits", "alpha", "temperature", "max_length", "per_device_train_batch_size",
                  "transfer_data", "transfer_samples", "max_train_samples", "data", "attention_dropout",
-                 "transfer_windows", "augment_labels", "hidden_dropout")
+                 "transfer_windows", "augment_labels", "hidden_dropout", "weight_decay")
 
 
 def model_names(ctx, folders: str | None) -> str | None:
@@ -41,8 +41,8 @@ def recipe_preset(scale: str) -> dict:
     switching it off is faster on CPU but cost kd-transfer-masked a point (kd-transfer-masked-ad0). GPU: no window
     augmentation (at 512 tokens few IMDb reviews have a further window, and it is not measured there)."""
     common = dict(num_train_epochs=2.0 if scale == "cpu" else 3.0, learning_rate=1e-4 if scale == "cpu" else 5e-5,
-                  warmup_steps=0.1, truncation="head_tail", cache_teacher_logits=True, alpha=0.5, temperature=2.0,
-                  augment_labels=False)
+                  warmup_steps=0.1, weight_decay=0.01, truncation="head_tail", cache_teacher_logits=True, alpha=0.5,
+                  temperature=2.0, augment_labels=False)
     if scale == "cpu":
         return common | dict(max_length=256, per_device_train_batch_size=16, transfer_data="rest",
                              transfer_samples=2000, max_train_samples=2000, data=gr.skip(), augment_masked=1,
@@ -86,6 +86,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
         max_length = gr.Number(DEFAULTS.max_length, label="Max length (tokens)", precision=0,
                                elem_id="distill_max_length")
         warmup = gr.Number(DEFAULTS.warmup_steps, label="Warm-up (fraction < 1, or steps)", elem_id="distill_warmup")
+        weight_decay = gr.Number(DEFAULTS.weight_decay, label="Weight decay", elem_id="distill_weight_decay")
         wandb = gr.Checkbox(False, label="Log to W&B (offline files without a key)")
     with gr.Accordion("Advanced: recipe options", open=False):
         with gr.Row():
@@ -175,7 +176,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             hidden_loss, hidden_loss_weight, cache_logits, augment, augment_masked, max_steps, logging_steps,
             eval_strategy, seed, threads, run_name, attention_dropout, teacher_max_length, teacher_precision,
             mixup_alpha, online_mask_prob, fold_teachers, mixed_precision, transfer_windows, cross_fit_views,
-            augment_labels, transfer_teachers, freeze_words, hidden_dropout, freeze_layers]
+            augment_labels, transfer_teachers, freeze_words, hidden_dropout, freeze_layers, weight_decay]
 
     @guarded(lambda msg: (gr.skip(), f"Not started: {msg}", gr.skip()), ctx)
     def start_distill(teacher, student_source, student, student_layers, data, max_train_samples, max_eval_samples,
@@ -186,7 +187,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                       teacher_max_length=None, teacher_precision="auto", mixup_alpha=0.0, online_mask_prob=0.0,
                       fold_teachers="", mixed_precision="auto", transfer_windows=0, cross_fit_views=False,
                       augment_labels=False, transfer_teachers="", freeze_word_embeddings=False, hidden_dropout=None,
-                      freeze_layers=0, password=""):
+                      freeze_layers=0, weight_decay=0.0, password=""):
         """Start a distillation job (KD student, then optionally the no-KD student); returns (job id, status, timer)."""
         ctx.unlock(password)
         from_teacher = student_source != OTHER_LABEL
@@ -213,7 +214,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
             fold_teachers=model_names(ctx, fold_teachers), cross_fit_views=bool(cross_fit_views),
             augment_labels=bool(augment_labels), transfer_teachers=model_names(ctx, transfer_teachers),
             mixed_precision=mixed_precision or "auto", freeze_word_embeddings=bool(freeze_word_embeddings),
-            hidden_dropout=as_float(hidden_dropout), freeze_layers=as_int(freeze_layers) or 0)
+            hidden_dropout=as_float(hidden_dropout), freeze_layers=as_int(freeze_layers) or 0,
+            weight_decay=as_float(weight_decay) or 0.0)
         cfg = build_config("distill", ctx.root, **values)
         stages = [Stage("KD student" if cfg.alpha < 1 else "no-KD student", distill_student, cfg)]
         if also_nokd and cfg.alpha < 1:
@@ -250,7 +252,7 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
     preset_outputs = dict(zip(PRESET_FIELDS, [epochs, lr, warmup, truncation, augment, augment_masked, cache_logits,
                                               alpha, temperature, max_length, batch, transfer_data, transfer_samples,
                                               max_train, data, attention_dropout, transfer_windows, augment_labels,
-                                              hidden_dropout],
+                                              hidden_dropout, weight_decay],
                                   strict=True))
     for scale, button in (("cpu", recipe_cpu), ("gpu", recipe_gpu)):
         button.click(lambda scale=scale: tuple(recipe_preset(scale)[k] for k in PRESET_FIELDS), None,
