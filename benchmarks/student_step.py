@@ -110,12 +110,14 @@ def summary(seconds: dict[str, list[float]]) -> dict[str, float]:
     return {"s_per_step": {arm: round(m, 4) for arm, m in mean.items()}, "speedup": round(mean[first] / mean[second], 3)}
 
 
-def ab_main(doc: str, arms: tuple[str, str], build, describe, precisions: tuple[str, ...] = ("bf16", "fp32")) -> tuple:
+def ab_main(doc: str, arms: tuple[str, str], build, describe, precisions: tuple[str, ...] = ("bf16", "fp32"),
+            recipes: dict[str, dict] | None = None) -> tuple:
     """The command line and the runs of an A/B of the student's step (frozen_embeddings.py, hidden_dropout.py,
     fp32_attention.py): for each precision (of `precisions`), build(data, precision, arm) -> (step, batches) makes
     both arms' students alike (the batches are seeded alike), describe(step) says something about each arm's
-    student, and `alternate` times them. Returns (args, env, table, detail, described, threads): table[precision] is
-    `summary`'s, detail[precision] every step's seconds, described[precision][arm] describe's answer."""
+    student, and `alternate` times them. recipes: named sets of keyword arguments for build, picked by --recipe (the
+    first by default). Returns (args, env, table, detail, described, threads): table[precision] is `summary`'s,
+    detail[precision] every step's seconds, described[precision][arm] describe's answer."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="passes over the batches per precision")
     p.add_argument("--precision", nargs="+", choices=list(precisions),
@@ -123,7 +125,11 @@ def ab_main(doc: str, arms: tuple[str, str], build, describe, precisions: tuple[
                         "CPU has native bf16)")
     p.add_argument("--data", default=str(DATA), help="IMDb parquet (read, never copied)")
     p.add_argument("--out", help="also write the table and every step's time to OUT.md and OUT.json")
+    if recipes:
+        p.add_argument("--recipe", choices=list(recipes), default=next(iter(recipes)),
+                       help="the student's recipe (default: %(default)s)")
     args = p.parse_args()
+    options = recipes[args.recipe] if recipes else {}
 
     import kdapp  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads libgomp)
     import torch
@@ -133,7 +139,7 @@ def ab_main(doc: str, arms: tuple[str, str], build, describe, precisions: tuple[
     args.precision = args.precision or [x for x in precisions if x != "bf16" or native_bf16()]
     env, table, detail, described = bench_env("cpu"), {}, {}, {}
     for precision in args.precision:
-        built = {arm: build(args.data, precision, arm) for arm in arms}
+        built = {arm: build(args.data, precision, arm, **options) for arm in arms}
         steps, batches = {arm: step for arm, (step, _) in built.items()}, built[arms[0]][1]
         described[precision] = {arm: describe(step) for arm, step in steps.items()}
         with keep_freed_memory():

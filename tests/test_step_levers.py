@@ -47,3 +47,19 @@ def test_frozen_layers_arms_and_the_parameters_they_train():
     model.bert.encoder.layer[0].requires_grad_(False)
     frozen = sum(p.numel() for m in (model.bert.embeddings, model.bert.encoder.layer[0]) for p in m.parameters())
     assert frozen_layers.trained_parameters(step) == every - frozen
+
+
+def test_frozen_layers_recipes_are_the_cache_pairs_and_the_app_presets():
+    import inspect
+
+    from kdapp import RunConfig
+    from kdapp.ui.distill_tab import recipe_preset
+
+    recipes, preset = frozen_layers.RECIPES, recipe_preset("cpu")
+    assert set(recipes) == set(frozen_layers.RECIPE_LINES) == {"pair", "preset"}
+    assert all(set(r) <= set(inspect.signature(frozen_layers.student_step).parameters) for r in recipes.values())
+    # the preset keeps the model's own dropout (MiniLM's 0.1, passed as such) and trains the word embeddings
+    assert preset["attention_dropout"] is None and recipes["preset"]["attention_dropout"] == 0.1
+    assert preset["hidden_dropout"] is None and recipes["preset"]["hidden_dropout"] is None
+    assert recipes["preset"]["freeze_word_embeddings"] == RunConfig().freeze_word_embeddings is False
+    assert recipes["pair"] == dict(attention_dropout=0.0, hidden_dropout=0.0, freeze_word_embeddings=True)
