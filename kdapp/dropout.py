@@ -251,15 +251,18 @@ def attention(query, key, value, attention_mask, p: float, scale: float) -> torc
 
 
 def _kdapp_path(query, key, dropout: float, kwargs: dict) -> bool:
-    """Whether kdapp's attention serves this call: CPU training, float32 with dropout or bfloat16 with or without
-    (PyTorch's fused kernel is faster for float32 without dropout and for inference), plain self-attention."""
+    """Whether kdapp's attention serves this call: CPU, plain self-attention, float32 or bfloat16 with dropout (its
+    masks are drawn faster), and bfloat16 without dropout while training (PyTorch's fused kernel is faster for float32
+    without dropout and for inference). With dropout that includes a frozen layer in training, whose query needs no
+    gradient: PyTorch's kernel with dropout made a bf16 step with the first layer frozen no faster than one training
+    every layer (`python benchmarks/frozen_layers.py --recipe preset`)."""
     if query.device.type != "cpu" or key.shape[1] != query.shape[1]:
         return False
     if any(kwargs.get(name) is not None for name in ("softcap", "position_bias")):
         return False
-    if query.dtype == torch.float32:
-        return dropout > 0
-    return query.dtype == torch.bfloat16 and torch.is_grad_enabled() and query.requires_grad
+    if query.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    return dropout > 0 or (query.dtype == torch.bfloat16 and torch.is_grad_enabled() and query.requires_grad)
 
 
 def cpu_dropout_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,

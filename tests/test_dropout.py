@@ -216,6 +216,11 @@ def test_bf16_training_takes_kdapp_attention_with_or_without_dropout(monkeypatch
         kd.cpu_dropout_attention_forward(module, q, k, v, None, dropout=0.0)
     kd.cpu_dropout_attention_forward(module, q.float(), k.float(), v.float(), None, dropout=0.0)  # fp32, p = 0
     assert len(calls) == 2
+    frozen = [t.detach() for t in (q, k, v)]  # a frozen layer in training: no gradient, dropout still on
+    out, _ = kd.cpu_dropout_attention_forward(module, *frozen, None, dropout=0.1)
+    assert calls[2:] == [(torch.bfloat16, 0.1)] and not out.requires_grad
+    kd.cpu_dropout_attention_forward(module, *(t.float() for t in frozen), None, dropout=0.1)  # float32 likewise
+    assert calls[3:] == [(torch.float32, 0.1)]
 
 
 def _bert(seed=0):
