@@ -223,16 +223,25 @@ def test_client_benchmark(client, runs):
     assert json.loads(chart["plot"])["data"][0]["type"] == "bar"
 
 
+def preset_config(preset: dict) -> dict:
+    """A preset's form values as RunConfig takes them (as start_distill reads the form: 0 reviews is all, an empty
+    folder list none, 0 max steps the epochs); the CPU preset's data box (gr.skip) left out."""
+    values = {k: v for k, v in preset.items() if v is None or isinstance(v, (str, int, float, bool))}
+    for key in ("transfer_samples", "max_train_samples", "fold_teachers", "transfer_teachers"):
+        values[key] = values[key] or None
+    values["max_steps"] = values["max_steps"] or -1
+    return values
+
+
 @pytest.mark.parametrize("scale", ["cpu", "gpu"])
 def test_recipe_presets_fill_every_field_and_make_a_valid_config(scale):
     from kdapp.ui.distill_tab import PRESET_FIELDS, recipe_preset
 
     preset = recipe_preset(scale)
     assert set(preset) == set(PRESET_FIELDS)  # every control the buttons write has a value
-    values = {k: (v or None) if k in ("transfer_samples", "max_train_samples") else v for k, v in preset.items()
-              if isinstance(v, (str, int, float, bool))}  # the CPU preset keeps the chosen data (gr.skip)
-    cfg = RunConfig(kind="distill", teacher="t", **values)
+    cfg = RunConfig(kind="distill", teacher="t", **preset_config(preset))
     assert cfg.alpha < 1 and cfg.cache_teacher_logits and cfg.transfer_data
+    assert (cfg.freeze_layers, cfg.mixup_alpha, cfg.fold_teachers, cfg.max_steps) == (0, 0.0, None, -1)
     if scale == "cpu":  # kd-transfer-masked-windows of benchmarks/accuracy.py (2,000 transfer reviews)
         assert (cfg.augment_masked, cfg.augment_windows, cfg.transfer_samples) == (1, 2, 2000)
         assert cfg.attention_dropout is None and cfg.hidden_dropout is None
@@ -240,7 +249,8 @@ def test_recipe_presets_fill_every_field_and_make_a_valid_config(scale):
 
 def test_cpu_recipe_preset_is_the_measured_recipe():
     """The button's recipe is the run benchmarks/accuracy.py measured, field for field (the data box excepted): a
-    setting the preset leaves to the form's default (weight decay, once) would make another recipe than the figures'."""
+    setting the preset leaves to the form (weight decay, once; an option set before the click) would make another
+    recipe than the figures'."""
     import importlib.util
     from pathlib import Path
 
@@ -251,7 +261,7 @@ def test_cpu_recipe_preset_is_the_measured_recipe():
     accuracy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(accuracy)
     measured = accuracy.runs()["kd-transfer-masked-windows-fastdrop"][1]
-    preset = recipe_preset("cpu")
+    preset = preset_config(recipe_preset("cpu"))
     differ = {k: (preset[k], getattr(measured, k)) for k in PRESET_FIELDS
               if k != "data" and preset[k] != getattr(measured, k)}
     assert differ == {}
