@@ -602,6 +602,7 @@ CFV_TUNED_PAIRS = (*((f"kd-masked-windows-cfv-{tag}", other) for tag in ("t1", "
 SEED_GAPS = (("kd-ad0-bf16-t32-frozen", "kd-ad0-bf16-t32"), ("kd-ad0-bf16-t32-frozen-hd0", "kd-ad0-bf16-t32-frozen"),
              ("kd-ad0-bf16-t32-frozen-hd0-fl1", "kd-ad0-bf16-t32-frozen-hd0"),
              ("kd-ad0-bf16-t32-frozen-hd0-fl2", "kd-ad0-bf16-t32-frozen-hd0-fl1"),
+             ("kd-transfer-masked-windows-fastdrop-fl1", "kd-transfer-masked-windows-fastdrop"),
              ("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"), ("kd-crossfit", "nokd"),
              ("kd-pretrained", "nokd-pretrained"), ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
              ("kd-transfer-masked", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained-3ep"),
@@ -711,6 +712,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
              *((f"kd-ad0-bf16-t32-frozen-hd0{sfx}", f"kd-ad0-bf16-t32-frozen{sfx}") for sfx in ("", "-s43", "-s44")),
              *((f"kd-ad0-bf16-t32-frozen-hd0-fl{n}{sfx}", f"kd-ad0-bf16-t32-frozen-hd0{'-fl1' if n == 2 else ''}{sfx}")
                for n in (1, 2) for sfx in ("", "-s43", "-s44")),
+             *((f"kd-transfer-masked-windows-fastdrop-fl1{sfx}", f"kd-transfer-masked-windows-fastdrop{sfx}")
+               for sfx in ("", "-s43", "-s44")),
              ("kd-pretrained", "nokd-pretrained"), ("kd-pretrained-s43", "nokd-pretrained-s43"),
              ("nokd", "nokd-pretrained"), ("kd", "kd-pretrained"),
              # kdapp's KD students against the student trained without the teacher (pretrained init, labels only)
