@@ -147,6 +147,7 @@ def test_teacher_gpu_preset_fills_each_of_its_outputs(demo):
     _, filled = preset_outputs(demo, "gpu_preset")
     assert filled["train_model"] == "bert-base-uncased" and filled["train_max_length"] == 512
     assert filled["train_augment"] == 0 and filled["train_augment_masked"] == 0
+    assert (filled["train_max_steps"], filled["train_holdout_fold"], filled["train_mixed_precision"]) == (0, "", "auto")
 
 
 def test_teacher_quick_preset_fills_each_of_its_outputs(demo, monkeypatch):

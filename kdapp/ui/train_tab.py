@@ -43,10 +43,12 @@ def quick_preset() -> dict:
 
 
 def gpu_preset() -> dict:
-    """The full-scale teacher of README's GPU recipe: bert-base-uncased on all of IMDb from the hub."""
+    """The full-scale teacher of README's GPU recipe: bert-base-uncased on all of IMDb from the hub; the options it
+    leaves at kdapp's defaults are reset too (a held-out fold or a step limit set before the click would change it)."""
     return dict(model="bert-base-uncased", data="imdb", max_train_samples=0, max_eval_samples=0, num_train_epochs=3.0,
                 learning_rate=2e-5, per_device_train_batch_size=32, max_length=512, warmup_steps=0.1,
-                truncation="head_tail", weight_decay=0.01, augment_windows=0, augment_masked=0)
+                truncation="head_tail", weight_decay=0.01, augment_windows=0, augment_masked=0, max_steps=0,
+                attention_dropout=None, holdout_fold="", mixed_precision="auto")
 
 
 def data_choices() -> list[str]:
@@ -199,7 +201,7 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
                                    augment_masked, panel.status], api_name="quick_preset")
     full_gpu.click(lambda: tuple(gpu_preset().values()), None,
                    [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, truncation, weight_decay,
-                    augment, augment_masked],
+                    augment, augment_masked, max_steps, attention_dropout, holdout_fold, mixed_precision],
                    api_name="gpu_preset")
     attach = Refresher(lambda: (*attach_latest(ctx, "teacher"), gr.update(choices=incomplete_choices(ctx))), [],
                        [panel.job_id, panel.timer, resume_run])
