@@ -153,3 +153,19 @@ def test_small_benchmark(page, app, shots):
     assert "Throughput" in page.inner_text("#bench_table")
     page.wait_for_selector("#bench_chart .js-plotly-plot")
     page.screenshot(path=str(shots / "benchmark.png"), full_page=True)
+
+
+def test_distill_presets_fill_the_form(page, shots):
+    """The GPU preset picks README's distilbert-base-uncased student (its box shows, the layer count hides), the CPU
+    preset a student made from the teacher, and both fill the weight decay the measured recipes had."""
+    page.get_by_role("tab", name="Distill student").click()
+    page.click("#distill_recipe_gpu")
+    page.wait_for_selector("#distill_student", state="visible")
+    page.wait_for_selector("#distill_layers", state="hidden")
+    assert page.locator("#distill_student input").first.input_value() == "distilbert-base-uncased"
+    assert page.locator("#distill_weight_decay input").first.input_value() == "0.01"
+    page.click("#distill_recipe_cpu")
+    page.wait_for_selector("#distill_layers", state="visible")
+    page.wait_for_selector("#distill_student", state="hidden")
+    assert page.locator("#distill_max_length input").first.input_value() == "256"
+    page.screenshot(path=str(shots / "distill_presets.png"), full_page=True)

@@ -227,10 +227,16 @@ def test_client_benchmark(client, runs):
 def preset_config(preset: dict) -> dict:
     """A preset's form values as RunConfig takes them (as start_distill reads the form: 0 reviews is all, an empty
     folder list none, 0 max steps the epochs); the CPU preset's data box (gr.skip) left out."""
+    from kdapp.config import FROM_TEACHER
+    from kdapp.ui.distill_tab import FROM_TEACHER_LABEL
+
     values = {k: v for k, v in preset.items() if v is None or isinstance(v, (str, int, float, bool))}
-    for key in ("transfer_samples", "max_train_samples", "fold_teachers", "transfer_teachers"):
-        values[key] = values[key] or None
+    for key in ("transfer_samples", "max_train_samples", "fold_teachers", "transfer_teachers", "student_layers"):
+        if key in values:
+            values[key] = values[key] or None
     values["max_steps"] = values["max_steps"] or -1
+    if values.pop("student_source") == FROM_TEACHER_LABEL:
+        values["student"] = FROM_TEACHER
     return values
 
 
@@ -243,6 +249,7 @@ def test_recipe_presets_fill_every_field_and_make_a_valid_config(scale):
     cfg = RunConfig(kind="distill", teacher="t", **preset_config(preset))
     assert cfg.alpha < 1 and cfg.cache_teacher_logits and cfg.transfer_data
     assert (cfg.freeze_layers, cfg.mixup_alpha, cfg.fold_teachers, cfg.max_steps) == (0, 0.0, None, -1)
+    assert cfg.student == ("from-teacher" if scale == "cpu" else "distilbert-base-uncased")  # README's GPU command
     if scale == "cpu":  # kd-transfer-masked-windows of benchmarks/accuracy.py (2,000 transfer reviews)
         assert (cfg.augment_masked, cfg.augment_windows, cfg.transfer_samples) == (1, 2, 2000)
         assert cfg.attention_dropout is None and cfg.hidden_dropout is None
@@ -264,6 +271,7 @@ def test_cpu_recipe_preset_is_the_measured_recipe():
     measured = accuracy.runs()["kd-transfer-masked-windows-fastdrop"][1]
     preset = preset_config(recipe_preset("cpu"))
     differ = {k: (preset[k], getattr(measured, k)) for k in PRESET_FIELDS
-              if k != "data" and preset[k] != getattr(measured, k)}
+              if k not in ("data", "student_source", "student_layers") and preset[k] != getattr(measured, k)}
+    assert preset["student_layers"] is None and measured.student_layers == 3  # half the MiniLM teacher's six
     assert differ == {}
     assert preset["weight_decay"] == measured.weight_decay == 0.01

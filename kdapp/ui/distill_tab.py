@@ -25,7 +25,8 @@ PRESET_FIELDS = ("num_train_epochs", "learning_rate", "warmup_steps", "truncatio
                  "transfer_data", "transfer_samples", "max_train_samples", "data", "attention_dropout",
                  "transfer_windows", "augment_labels", "hidden_dropout", "weight_decay", "max_steps", "hidden_loss",
                  "teacher_max_length", "teacher_precision", "mixup_alpha", "online_mask_prob", "fold_teachers",
-                 "cross_fit_views", "transfer_teachers", "mixed_precision", "freeze_word_embeddings", "freeze_layers")
+                 "cross_fit_views", "transfer_teachers", "mixed_precision", "freeze_word_embeddings", "freeze_layers",
+                 "student_source", "student", "student_layers")
 # what both presets leave at kdapp's defaults, as the form shows them: a click also undoes an option set before it
 PRESET_DEFAULTS = dict(max_steps=0, hidden_loss="none", teacher_max_length=None, teacher_precision="auto",
                        mixup_alpha=0.0, online_mask_prob=0.0, fold_teachers="", cross_fit_views=False,
@@ -41,22 +42,26 @@ def recipe_preset(scale: str) -> dict:
     """kdapp's distillation recipe (benchmarks/accuracy.py at CPU scale; README's full-IMDb command on a GPU).
 
     CPU: kd-transfer-masked-windows of benchmarks/results/accuracy_cpu_avx512.md (2,000 unlabelled reviews, one
-    masked copy of each labelled review and two further windows of each long one); exactly this preset, with kdapp's
-    CPU dropout, is kd-transfer-masked-windows-fastdrop of accuracy_cpu_amx_preset_fl1.md (87.79 % on the mean of
-    three seeds). With the first layer frozen (--freeze_layers 1, 1.5x faster steps) it lost 0.28 points there, so
-    the preset trains every layer. The same with every further
-    training review (kd-transfer-all-masked-windows, Transfer reviews 0) is 0.84 points better over three seeds but
-    takes about 3.7x the steps, so the preset keeps the CPU-scale 2,000. Attention dropout stays the model's own:
+    masked copy of each labelled review and two further windows of each long one, a student of half the teacher's
+    layers made from it); exactly this preset, with kdapp's CPU dropout, is kd-transfer-masked-windows-fastdrop of
+    accuracy_cpu_amx_preset_fl1.md (87.79 % on the mean of three seeds). With the first layer frozen
+    (--freeze_layers 1, 1.5x faster steps) it lost 0.28 points there, so the preset trains every layer. The same with
+    every further training review (kd-transfer-all-masked-windows, Transfer reviews 0) is 0.84 points better over
+    three seeds but takes about 3.7x the steps, so the preset keeps the CPU-scale 2,000. Attention dropout stays the
+    model's own:
     switching it off is faster on CPU but cost kd-transfer-masked a point (kd-transfer-masked-ad0). GPU: no window
-    augmentation (at 512 tokens few IMDb reviews have a further window, and it is not measured there)."""
+    augmentation (at 512 tokens few IMDb reviews have a further window, and it is not measured there), and the
+    student distilbert-base-uncased, as README's command has it."""
     common = dict(num_train_epochs=2.0 if scale == "cpu" else 3.0, learning_rate=1e-4 if scale == "cpu" else 5e-5,
                   warmup_steps=0.1, weight_decay=0.01, truncation="head_tail", cache_teacher_logits=True, alpha=0.5,
                   temperature=2.0, augment_labels=False, **PRESET_DEFAULTS)
-    if scale == "cpu":
-        return common | dict(max_length=256, per_device_train_batch_size=16, transfer_data="rest",
+    if scale == "cpu":  # student_layers 0: half the teacher's (3 of MiniLM's 6)
+        return common | dict(student_source=FROM_TEACHER_LABEL, student=gr.skip(), student_layers=0, max_length=256,
+                             per_device_train_batch_size=16, transfer_data="rest",
                              transfer_samples=2000, max_train_samples=2000, data=gr.skip(), augment_masked=1,
                              augment_windows=2, transfer_windows=0, attention_dropout=None, hidden_dropout=None)
-    return common | dict(max_length=512, per_device_train_batch_size=32, transfer_data="imdb:unsupervised",
+    return common | dict(student_source=OTHER_LABEL, student=STUDENT_MODELS[0], student_layers=gr.skip(),
+                         max_length=512, per_device_train_batch_size=32, transfer_data="imdb:unsupervised",
                          transfer_samples=0, max_train_samples=0, data="imdb", augment_masked=0, augment_windows=0,
                          transfer_windows=0, attention_dropout=None, hidden_dropout=None)
 
@@ -265,7 +270,8 @@ def build_distill_tab(ctx: AppContext, runs_version: gr.Number):
                                               hidden_dropout, weight_decay, max_steps, hidden_loss,
                                               teacher_max_length, teacher_precision, mixup_alpha, online_mask_prob,
                                               fold_teachers, cross_fit_views, transfer_teachers, mixed_precision,
-                                              freeze_words, freeze_layers],
+                                              freeze_words, freeze_layers, student_source, student,
+                                              student_layers],
                                   strict=True))
     for scale, button in (("cpu", recipe_cpu), ("gpu", recipe_gpu)):
         button.click(lambda scale=scale: tuple(recipe_preset(scale)[k] for k in PRESET_FIELDS), None,
