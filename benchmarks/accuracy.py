@@ -374,8 +374,6 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                                                               transfer_teachers=fold_teachers8, seed=seed, **COMMON,
                                                               **KDAPP_STUDENT))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
-        # the transfer set at its largest: every training review after the labelled 2,000 (20,500), the teacher's
-        # soft targets only; does a 3-layer student get closer to its teacher given ten times the transfer reviews?
         # the app's CPU preset (kdapp/ui/distill_tab.py, recipe_preset("cpu")): kd-transfer-masked-windows with kdapp's
         # CPU dropout path, and the same with every embedding and the first layer frozen (--freeze_layers 1: the
         # backward pass stops above them). It held accuracy on labelled-only KD (kd-ad0-bf16-t32-frozen-hd0-fl1);
@@ -389,6 +387,8 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                                                                        freeze_layers=1 if fl else 0, **FAST_DROPOUT,
                                                                        **KDAPP_STUDENT))
            for fl in ("", "-fl1") for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
+        # the transfer set at its largest: every training review after the labelled 2,000 (20,500), the teacher's
+        # soft targets only; does a 3-layer student get closer to its teacher given ten times the transfer reviews?
         **{f"kd-transfer-all-masked-windows{sfx}": ("kd-transfer-masked-windows with every further training review "
                                                     "(20,500) as the transfer set"
                                                     + (f", seed {seed}" if sfx else ""),

@@ -48,10 +48,9 @@ def recipe_preset(scale: str) -> dict:
     (--freeze_layers 1, 1.5x faster steps) it lost 0.28 points there, so the preset trains every layer. The same with
     every further training review (kd-transfer-all-masked-windows, Transfer reviews 0) is 0.84 points better over
     three seeds but takes about 3.7x the steps, so the preset keeps the CPU-scale 2,000. Attention dropout stays the
-    model's own:
-    switching it off is faster on CPU but cost kd-transfer-masked a point (kd-transfer-masked-ad0). GPU: no window
-    augmentation (at 512 tokens few IMDb reviews have a further window, and it is not measured there), and the
-    student distilbert-base-uncased, as README's command has it."""
+    model's own: switching it off is faster on CPU but cost kd-transfer-masked a point (kd-transfer-masked-ad0). GPU:
+    no window augmentation (at 512 tokens few IMDb reviews have a further window, and it is not measured there), and
+    the student distilbert-base-uncased, as README's command has it."""
     common = dict(num_train_epochs=2.0 if scale == "cpu" else 3.0, learning_rate=1e-4 if scale == "cpu" else 5e-5,
                   warmup_steps=0.1, weight_decay=0.01, truncation="head_tail", cache_teacher_logits=True, alpha=0.5,
                   temperature=2.0, augment_labels=False, **PRESET_DEFAULTS)
