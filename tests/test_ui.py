@@ -162,6 +162,19 @@ def test_teacher_quick_preset_fills_each_of_its_outputs(demo, monkeypatch):
     assert filled["train_model"] == "minilm" and filled["train_max_length"] == 128
     assert filled["train_augment"] == 0 and filled["train_augment_masked"] == 0
     assert values[-1].startswith("Quick CPU run preset filled") and values[-1].endswith("a few minutes.")
+    assert (filled["train_max_steps"], filled["train_holdout_fold"], filled["train_mixed_precision"]) == (0, "", "auto")
+
+
+def test_teacher_quick_preset_without_an_estimate_still_answers_every_output(demo, monkeypatch):
+    import kdapp.ui.train_tab as train_tab
+
+    def no_estimate(cfg):
+        raise ValueError("no model here")
+
+    monkeypatch.setattr(train_tab, "estimate_run", no_estimate)
+    values, filled = preset_outputs(demo, "quick_preset")  # one value per output, or Gradio refuses the answer
+    assert values[-1] == "Preset filled; no estimate: no model here"
+    assert filled["train_model"] == "minilm" and filled["train_max_length"] == 128  # filled all the same
 
 
 def test_benchmark_handler(demo, runs):

@@ -42,6 +42,11 @@ def quick_preset() -> dict:
                 warmup_steps=0.1, augment_windows=0, augment_masked=0)
 
 
+# the form's other options, as a teacher run has them by default: the quick preset resets them too
+QUICK_RESETS = dict(truncation="head", weight_decay=0.0, max_steps=0, attention_dropout=None, holdout_fold="",
+                    mixed_precision="auto")
+
+
 def gpu_preset() -> dict:
     """The full-scale teacher of README's GPU recipe: bert-base-uncased on all of IMDb from the hub; the options it
     leaves at kdapp's defaults are reset too (a held-out fold or a step limit set before the click would change it)."""
@@ -167,15 +172,17 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
                                holdout_fold, mixed_precision, augment_windows, augment_masked)
         return start_job(ctx, "teacher", f"teacher {cfg.run_name}", [Stage("teacher", train_teacher, cfg)])
 
-    @guarded(lambda msg: (*[gr.skip()] * 11, f"Preset filled; no estimate: {msg}"), ctx)
-    def fill_quick():
+    def quick_values() -> tuple:
         p = quick_preset()
-        cfg = build_config("teacher", ctx.root, **p, num_threads=default_threads())
-        estimate = estimate_run(cfg)
         return (p["model"], p["data"], p["max_train_samples"], p["max_eval_samples"], p["num_train_epochs"],
                 p["learning_rate"], p["per_device_train_batch_size"], p["max_length"], p["warmup_steps"],
-                p["augment_windows"], p["augment_masked"],
-                f"Quick CPU run preset filled: press Start. {estimate.describe()}")
+                p["augment_windows"], p["augment_masked"], *QUICK_RESETS.values())
+
+    @guarded(lambda msg: (*quick_values(), f"Preset filled; no estimate: {msg}"), ctx)  # filled all the same
+    def fill_quick():
+        cfg = build_config("teacher", ctx.root, **quick_preset(), num_threads=default_threads())
+        estimate = estimate_run(cfg)
+        return (*quick_values(), f"Quick CPU run preset filled: press Start. {estimate.describe()}")
 
     @guarded(lambda msg: (gr.skip(), f"Not resumed: {msg}", gr.skip()), ctx)
     def resume_interrupted(run: str, password: str = ""):
@@ -198,7 +205,8 @@ def build_train_tab(ctx: AppContext, runs_version: gr.Number):
     runs_version.change(lambda: gr.update(choices=incomplete_choices(ctx)), None, resume_run,
                         api_visibility="private", show_progress="hidden")
     quick.click(fill_quick, None, [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, augment,
-                                   augment_masked, panel.status], api_name="quick_preset")
+                                   augment_masked, truncation, weight_decay, max_steps, attention_dropout, holdout_fold,
+                                   mixed_precision, panel.status], api_name="quick_preset")
     full_gpu.click(lambda: tuple(gpu_preset().values()), None,
                    [model, data, max_train, max_eval, epochs, lr, batch, max_length, warmup, truncation, weight_decay,
                     augment, augment_masked, max_steps, attention_dropout, holdout_fold, mixed_precision],
