@@ -42,9 +42,9 @@ def quick_preset() -> dict:
                 warmup_steps=0.1, augment_windows=0, augment_masked=0)
 
 
-# the form's other options, as a teacher run has them by default: the quick preset resets them too
-QUICK_RESETS = dict(truncation="head", weight_decay=0.0, max_steps=0, attention_dropout=None, holdout_fold="",
-                    mixed_precision="auto")
+# the form's other options as a teacher run has them by default (as the form shows them): both presets reset them
+TEACHER_RESETS = dict(max_steps=0, attention_dropout=None, holdout_fold="", mixed_precision="auto")
+QUICK_RESETS = dict(truncation="head", weight_decay=0.0, **TEACHER_RESETS)
 
 
 def gpu_preset() -> dict:
@@ -52,8 +52,7 @@ def gpu_preset() -> dict:
     leaves at kdapp's defaults are reset too (a held-out fold or a step limit set before the click would change it)."""
     return dict(model="bert-base-uncased", data="imdb", max_train_samples=0, max_eval_samples=0, num_train_epochs=3.0,
                 learning_rate=2e-5, per_device_train_batch_size=32, max_length=512, warmup_steps=0.1,
-                truncation="head_tail", weight_decay=0.01, augment_windows=0, augment_masked=0, max_steps=0,
-                attention_dropout=None, holdout_fold="", mixed_precision="auto")
+                truncation="head_tail", weight_decay=0.01, augment_windows=0, augment_masked=0, **TEACHER_RESETS)
 
 
 def data_choices() -> list[str]:
