@@ -50,14 +50,17 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def computed_logits(teacher, ids: list[list[int]], pad_id: int, batch_size: int) -> tuple[torch.Tensor, int]:
+def computed_logits(teacher, ids: list[list[int]], pad_id: int, batch_size: int, hidden_layer: int = 0,
+                    states: list | None = None) -> tuple[torch.Tensor, int]:
     """(N, num_labels) float32 logits for `ids` in order, and how many of the rows this process computed.
 
     Under a process group of W processes each computes every W-th row in order of length (so the shares cost
-    alike) and all of them gather the whole: every process gets the same logits for W times less work."""
+    alike) and all of them gather the whole: every process gets the same logits for W times less work.
+    states, hidden_layer: as logits_from_ids fills them, in a single process only (entries stay None under W > 1)."""
     rank, world = _world()
     if world == 1:
-        return torch.from_numpy(logits_from_ids(teacher, ids, pad_id, batch_size)), len(ids)
+        return torch.from_numpy(logits_from_ids(teacher, ids, pad_id, batch_size, hidden_layer=hidden_layer,
+                                                states=states)), len(ids)
     mine = sorted(range(len(ids)), key=lambda i: len(ids[i]))[rank::world]
     part = logits_from_ids(teacher, [ids[i] for i in mine], pad_id, batch_size)
     shares = [None] * world
@@ -69,11 +72,15 @@ def computed_logits(teacher, ids: list[list[int]], pad_id: int, batch_size: int)
 
 
 def teacher_logits(teacher, ids: list[list[int]], pad_id: int, batch_size: int = 64,
-                   cache_dir: Path | None = CACHE_DIR, fingerprint: str | None = None) -> tuple[torch.Tensor, bool]:
+                   cache_dir: Path | None = CACHE_DIR, fingerprint: str | None = None, hidden_layer: int = 0,
+                   states: list | None = None) -> tuple[torch.Tensor, bool]:
     """(N, num_labels) float32 logits for `ids` in order, and whether every row came from the on-disk cache.
 
     fingerprint names the cache file (default: a hash of the teacher's weights); pass one for a teacher whose
-    state dict is not plain tensors (a quantized copy: its fp32 weights' hash plus the precision)."""
+    state dict is not plain tensors (a quantized copy: its fp32 weights' hash plus the precision).
+    states: a list of N Nones; with hidden_layer = k > 0 the rows computed here get the teacher's hidden state after
+    its first k layers (logits_from_ids; kdapp/shared_prefix.py). Rows read from the file are not run: theirs stay
+    None."""
     keys = row_keys(ids)
     fingerprint = fingerprint or teacher_fingerprint(teacher)
     path = Path(cache_dir) / f"{fingerprint}.safetensors" if cache_dir else None
@@ -87,8 +94,12 @@ def teacher_logits(teacher, ids: list[list[int]], pad_id: int, batch_size: int =
     if missing:
         was_training = teacher.training
         teacher.eval()
-        fresh, computed = computed_logits(teacher, [ids[i] for i in missing], pad_id, batch_size)
+        fresh_states = [None] * len(missing) if states is not None else None
+        fresh, computed = computed_logits(teacher, [ids[i] for i in missing], pad_id, batch_size, hidden_layer,
+                                          fresh_states)
         teacher.train(was_training)
+        for j, i in enumerate(missing if fresh_states is not None else ()):
+            states[i] = fresh_states[j]
         for j, i in enumerate(missing):
             known[keys[i].tobytes()] = fresh[j]
         if path is not None:

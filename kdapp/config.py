@@ -90,6 +90,14 @@ class RunConfig:
                               "values still from every token; kdapp/cls_only.py): the same logits and gradients, a "
                               "quarter less work for a 3-layer student. Off where every position is read (the "
                               "hidden-state loss). False: the full last layer.")
+    share_frozen_layers: bool = _f(True, "Distillation: where the student's embeddings and first layers are frozen "
+                                         "copies of the teacher's without dropout (a student made from the teacher "
+                                         "with --freeze_layers, --hidden_dropout 0 and --attention_dropout 0), start "
+                                         "the student at its first trained layer from the teacher's hidden state "
+                                         "there instead of computing the same layers again (kdapp/shared_prefix.py; "
+                                         "with --cache_teacher_logits while the states fit in a quarter of free "
+                                         "memory). The same function of the input, in the teacher's precision. "
+                                         "False: the student computes its own.", kinds="distill")
     # distillation
     alpha: float = _f(0.5, "Weight on CE(y, s); (1 - alpha) goes to T^2 * KL. alpha=1 is the no-KD student.",
                       kinds="distill")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from .inference import own_precision, teacher_forward
+from .shared_prefix import pad_states, starting_at
 
 IGNORE = -100  # label of transfer-set rows: no CE, KD only
 
@@ -98,12 +99,15 @@ class DistillationTrainer(Trainer):
     def __init__(self, *args, teacher=None, alpha: float = 0.5, temperature: float = 2.0,
                  hidden_loss: str = "none", hidden_loss_weight: float = 1.0, logit_cache: torch.Tensor | None = None,
                  teacher_dtype: torch.dtype | None = None, mixup_alpha: float = 0.0, online_mask_prob: float = 0.0,
-                 **kwargs):
+                 shared_layers: int = 0, teacher_states: list | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # compute_loss never reads num_items_in_batch
         self.alpha, self.temperature = alpha, temperature
         self.hidden_loss, self.hidden_loss_weight = hidden_loss, hidden_loss_weight
         self.logit_cache = logit_cache  # (N, num_labels) float tensor indexed by the dataset's `idx` column
+        # the student's first `shared_layers` layers (and embeddings) are the teacher's (kdapp/shared_prefix.py): it
+        # starts from the teacher's hidden state there, on the fly or from teacher_states (by `idx`, None: not kept)
+        self.shared_layers, self.teacher_states = shared_layers, teacher_states
         # views of each batch made on the fly (new inputs every step: the teacher labels them, no cache can)
         self.mixup_alpha = mixup_alpha  # > 0: the batch mixed in pairs, lam ~ Beta(mixup_alpha, mixup_alpha)
         self.online_mask_prob = online_mask_prob  # > 0: the batch with fresh [MASK] tokens at this rate
@@ -125,22 +129,19 @@ class DistillationTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         idx = inputs.pop("idx", None)
-        want_hidden = model.training and self.hidden_loss != "none" and self.teacher is not None
-        outputs = model(**inputs, output_hidden_states=want_hidden)
         if not model.training:  # evaluation: the student's own CE, comparable across KD and no-KD runs
+            outputs = model(**inputs)
             loss = ce_term(outputs.logits, labels)
             return (loss, outputs) if return_outputs else loss
 
-        teacher_logits, teacher_out = None, None
-        if self.alpha < 1.0:
-            if self.logit_cache is not None and not want_hidden:
-                teacher_logits = self.logit_cache[idx.cpu()].to(outputs.logits.device)
-            elif want_hidden:
-                with torch.no_grad(), own_precision(self.teacher):  # not inference_mode: tensors saved for backward
-                    teacher_out = self.teacher(**inputs, output_hidden_states=True)
-                teacher_logits = teacher_out.logits
-            else:  # on CPU the batch's rows side by side, one part per thread (kdapp/inference.py)
-                teacher_logits = teacher_forward(self.teacher, inputs)
+        want_hidden = self.hidden_loss != "none" and self.teacher is not None
+        teacher_logits, teacher_out, states = self._teacher_side(inputs, idx, want_hidden)
+        if states is not None:  # the shared layers already computed: the student starts above them (the model
+            # itself, not a torchrun wrapper around it, is switched; the wrapper's forward runs it)
+            with starting_at(self.accelerator.unwrap_model(model), states, self.shared_layers):
+                outputs = model(**inputs)
+        else:
+            outputs = model(**inputs, output_hidden_states=want_hidden)
         loss, ce, kd = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature)
         if want_hidden:
             pairs = hidden_layer_pairs(len(outputs.hidden_states) - 1, len(teacher_out.hidden_states) - 1)
@@ -161,6 +162,33 @@ class DistillationTrainer(Trainer):
         self._parts["loss_ce"].append(ce.detach())
         self._parts["loss_kd"].append(kd.detach())
         return (loss, outputs) if return_outputs else loss
+
+    def _teacher_side(self, inputs: dict, idx, want_hidden: bool):
+        """(the teacher's logits, its whole output for the hidden-state loss, the hidden state the student starts
+        from), each None where the step has none: the logits from the cache or the teacher on the fly."""
+        if self.alpha == 1.0:
+            return None, None, None
+        device = inputs["input_ids"].device
+        if self.logit_cache is not None and not want_hidden:
+            return self.logit_cache[idx.cpu()].to(device), None, self._kept_states(idx, inputs)
+        if want_hidden:
+            with torch.no_grad(), own_precision(self.teacher):  # not inference_mode: tensors saved for backward
+                teacher_out = self.teacher(**inputs, output_hidden_states=True)
+            return teacher_out.logits, teacher_out, None
+        # on CPU the batch's rows side by side, one part per thread (kdapp/inference.py)
+        if self.shared_layers:
+            logits, states = teacher_forward(self.teacher, inputs, hidden_layer=self.shared_layers)
+            return logits, None, states
+        return teacher_forward(self.teacher, inputs), None, None
+
+    def _kept_states(self, idx, inputs: dict) -> torch.Tensor | None:
+        """The batch's shared-layer states from teacher_states, padded to the batch; None if a row has none."""
+        if not self.shared_layers or self.teacher_states is None or idx is None:
+            return None
+        rows = [self.teacher_states[i] for i in idx.tolist()]
+        if any(row is None for row in rows):
+            return None
+        return pad_states(rows, inputs["input_ids"].shape[1]).to(inputs["input_ids"].device)
 
     def _view_term(self, model, student_inputs: dict, teacher_inputs: dict, label_loss) -> torch.Tensor:
         """The loss on a view made on the fly: (1 - alpha) * KD against the teacher on the same view, or for the

@@ -222,7 +222,7 @@ def _side_by_side(run, batches: list, n_workers: int, progress=None, grad_mode=t
 @torch.inference_mode()
 def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 64, progress=None,
                     cls_only: bool = True, max_tokens: int | str | None = "auto",
-                    workers: int | str = "auto") -> np.ndarray:
+                    workers: int | str = "auto", hidden_layer: int = 0, states: list | None = None) -> np.ndarray:
     """(N, num_labels) float32 logits for pre-tokenized rows, in input order.
 
     cls_only: a BERT / DistilBERT classifier computes its last layer at [CLS] only (kdapp/cls_only.py: the same
@@ -230,15 +230,23 @@ def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 
     max_tokens: tokens per batch at most, padding included ("auto": CPU_BATCH_TOKENS on CPU; None: batch_size rows
     whatever their length).
     workers: batches run side by side on this many threads, each single-threaded ("auto": see worker_count; 1: one
-    batch at a time on every intra-op thread). Each row's logits are the same either way up to float rounding."""
+    batch at a time on every intra-op thread). Each row's logits are the same either way up to float rounding.
+    states: a list of N entries; with hidden_layer = k > 0, entry i becomes row i's hidden state after the first k
+    encoder layers, (its length, hidden) on the CPU (kdapp/shared_prefix.py)."""
     device = model_device(model)
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
     batches = length_batches([len(x) for x in ids], batch_size, batch_tokens(device, max_tokens))
+    keep = states is not None and hidden_layer > 0
+    extra = {"output_hidden_states": True} if keep else {}
 
     def run(batch: list[int]) -> None:
         with own_precision(model):
-            logits = model(**pad_batch([ids[i] for i in batch], pad_id, device)).logits
-        out[batch] = logits.float().cpu().numpy()
+            result = model(**pad_batch([ids[i] for i in batch], pad_id, device), **extra)
+        out[batch] = result.logits.float().cpu().numpy()
+        if keep:
+            hidden = result.hidden_states[hidden_layer].float().cpu()
+            for j, i in enumerate(batch):
+                states[i] = hidden[j, :len(ids[i])].clone()
 
     # a job of several batches frees and re-allocates the same large tensors: keep the freed memory (kdapp/memory.py)
     held = keep_freed_memory() if len(batches) > 1 else contextlib.nullcontext()
@@ -254,29 +262,43 @@ def logits_from_ids(model, ids: list[list[int]], pad_id: int, batch_size: int = 
     return out
 
 
-def teacher_forward(model, inputs: dict, workers: int | str = "auto") -> torch.Tensor:
+def teacher_forward(model, inputs: dict, workers: int | str = "auto", hidden_layer: int = 0):
     """A teacher's logits for one training batch, without gradients (torch.no_grad: the KD loss may keep them for
     its backward pass), in the teacher's own precision whatever autocast the caller is under (own_precision).
 
     On CPU with more than one intra-op thread the batch's rows run side by side in that many parts (row_workers),
     each single-threaded and cut to its own longest row, as logits_from_ids runs whole batches: the same logits
     up to float rounding, in the batch's row order. inputs: the model's keyword arguments, (rows, length, ...)
-    tensors right-padded, with an attention_mask (without one the batch runs whole)."""
+    tensors right-padded, with an attention_mask (without one the batch runs whole).
+    hidden_layer = k > 0: returns (logits, the hidden state after the first k encoder layers), the states at the
+    batch's length (zeros past a part's longest row; kdapp/shared_prefix.py)."""
+    keep = hidden_layer > 0
+    extra = {"output_hidden_states": True} if keep else {}
+
+    def call(part: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with own_precision(model):
+            result = model(**part, **extra)
+        return result.logits, result.hidden_states[hidden_layer] if keep else None
+
     mask = inputs.get("attention_mask")
     n_workers = 1 if mask is None else row_workers(model_device(model), len(mask), workers)
     if n_workers == 1:
-        with torch.no_grad(), own_precision(model):
-            return model(**inputs).logits
+        with torch.no_grad():
+            logits, states = call(inputs)
+        return (logits, states) if keep else logits
     bounds = np.linspace(0, len(mask), n_workers + 1).astype(int)
     parts = [_rows(inputs, start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
-    logits = [None] * n_workers
+    results = [None] * n_workers
 
     def run(k: int) -> None:
-        with own_precision(model):
-            logits[k] = model(**parts[k]).logits
+        results[k] = call(parts[k])
 
     _side_by_side(run, list(range(n_workers)), n_workers, grad_mode=torch.no_grad)
-    return torch.cat(logits)
+    logits = torch.cat([r[0] for r in results])
+    if not keep:
+        return logits
+    width = mask.shape[1]
+    return logits, torch.cat([torch.nn.functional.pad(r[1], (0, 0, 0, width - r[1].shape[1])) for r in results])
 
 
 def _rows(inputs: dict, start: int, stop: int) -> dict:

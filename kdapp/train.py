@@ -34,6 +34,7 @@ from .metrics import trainer_metrics
 from .models import (check_same_tokenizer, count_parameters, encoder_layers, load_model, load_pair, load_tokenizer,
                      set_attention_dropout, set_hidden_dropout, student_from_teacher)
 from .quantize import CALIBRATION_ROWS, activation_maxima, calibration_tag
+from .shared_prefix import fill_states, fits_in_memory, shared_layers
 
 log = logging.getLogger(__name__)
 
@@ -168,15 +169,23 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
     # the Trainer's arguments first: under torchrun they open the process group (and pick each process's GPU), so
     # the cache pass below is shared out between the processes and each one's teacher is on its own device
     args = _training_args(cfg, out, remove_unused_columns=False, amp=amp)
-    cache, cache_hit, cross_fit, transfer_ensemble = None, False, None, None
+    shared = _shared_layers(cfg, teacher, student)
+    cache, cache_hit, cross_fit, transfer_ensemble, states, bottom_rows = None, False, None, None, None, None
     if cfg.cache_teacher_logits and cfg.alpha < 1.0:
         teacher.to("cuda" if use_cuda else "cpu")
         teacher_ids = train_ds["input_ids"]
         if teacher_length != max_length:  # the teacher reads longer inputs of the same reviews; views stay as made
             teacher_ids = (list(_tokenize(cfg, train_rows, tokenizer, teacher_length)["input_ids"])
                            + list(teacher_ids[len(train_rows):]))
+        # the cache pass keeps the shared layers' states too, where the student reads the same inputs and they fit
+        elif shared and fits_in_memory(sum(map(len, teacher_ids)), student.config.hidden_size):
+            states = [None] * len(teacher_ids)
         cache, cache_hit = teacher_logits(teacher, teacher_ids, tokenizer.pad_token_id or 0,
-                                          cfg.per_device_eval_batch_size, fingerprint=fingerprint)
+                                          cfg.per_device_eval_batch_size, fingerprint=fingerprint,
+                                          hidden_layer=shared, states=states)
+        if states is not None:  # rows whose logits came from the file: the teacher's shared layers alone
+            bottom_rows = fill_states(teacher, teacher_ids, tokenizer.pad_token_id or 0, shared, states,
+                                      cfg.per_device_eval_batch_size)
         if folds:  # the labelled rows' soft targets (and their views') from the teachers that held them out
             first_view = len(train_rows)  # after the labelled and transfer rows
             views_of = (first_view, teacher_ids[first_view:first_view + augment_rows], owner) \
@@ -198,7 +207,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         teacher=teacher, alpha=cfg.alpha, temperature=cfg.temperature, hidden_loss=cfg.hidden_loss,
         hidden_loss_weight=cfg.hidden_loss_weight, logit_cache=cache,
         teacher_dtype=teacher_dtype,
-        mixup_alpha=cfg.mixup_alpha, online_mask_prob=cfg.online_mask_prob)
+        mixup_alpha=cfg.mixup_alpha, online_mask_prob=cfg.online_mask_prob, shared_layers=shared,
+        teacher_states=states)
     meta = {"train_rows": len(train_ds) - transfer_rows - augment_rows - len(transfer_views),
             "transfer_rows": transfer_rows, "transfer_window_rows": len(transfer_views), "augment_rows": augment_rows,
             "augment_targets": _augment_targets(cfg),
@@ -209,7 +219,8 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
             "teacher_precision_effective": _teacher_precision(cfg, use_cuda, amp),
             "mixed_precision_effective": _amp_name(amp),
             "teacher_params": teacher_params, "dropout_path": dropout_path, "last_layer": last_layer,
-            "frozen_parameters": frozen,
+            "frozen_parameters": frozen, "shared_layers": shared,
+            "shared_layer_states_kept": _states_kept(states), "shared_layer_states_bottom_pass": bottom_rows,
             "mixup_targets": _view_targets(cfg, cfg.mixup_alpha),
             "online_mask_targets": _view_targets(cfg, cfg.online_mask_prob)}
     return _train_and_save(cfg, trainer, tokenizer, splits, out, resume_from, meta)
@@ -246,6 +257,20 @@ def _load_teachers(folders: list[str], cfg: RunConfig, tokenizer) -> list[torch.
             use_cls_only(model)
         models.append(model.to("cuda" if torch.cuda.is_available() else "cpu"))
     return models
+
+
+def _shared_layers(cfg: RunConfig, teacher, student) -> int:
+    """How many of the student's first layers (with its embeddings) the teacher computes for it
+    (kdapp/shared_prefix.py): none without --share_frozen_layers or a teacher, or with the hidden-state loss (it
+    reads the student's own hidden states)."""
+    if not cfg.share_frozen_layers or cfg.alpha == 1.0 or cfg.hidden_loss != "none" or not cfg.freeze_layers:
+        return 0
+    return shared_layers(teacher, student)
+
+
+def _states_kept(states: list | None) -> int | None:
+    """How many rows the cache pass kept the shared layers' states for (None: it kept none)."""
+    return None if states is None else sum(row is not None for row in states)
 
 
 def _view_targets(cfg: RunConfig, rate: float) -> str | None:

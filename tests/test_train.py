@@ -194,6 +194,54 @@ def test_freeze_layers_keeps_the_embeddings_and_first_layer_and_trains_the_rest(
     assert meta["frozen_parameters"] == sum(s.numel() for s, _ in kept)
 
 
+class LayerCalls(TrainerCallback):
+    """Counts the training steps' calls of the student's first layer's attention (not run when it is handed over)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.hook = model.bert.encoder.layer[0].attention.register_forward_hook(
+            lambda *a: setattr(self, "calls", self.calls + 1))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.hook.remove()  # the scoring after training runs the student's own layers
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_run_with_a_frozen_first_layer_starts_the_student_above_it(teacher_run, reviews_parquet, workdir, cache,
+                                                                      tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty logit cache: the first run's teacher pass computes (and keeps) every row
+    recipe = dict(freeze_layers=1, attention_dropout=0.0, hidden_dropout=0.0, cache_teacher_logits=cache,
+                  eval_strategy="no")
+    runs = []
+    # with the cache: the first run computes every row, the others read the file (the third keeps the states again,
+    # from the teacher's first layer alone)
+    for n, share in enumerate((True, False, True) if cache else (True, False)):
+        calls = LayerCalls()
+        result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER,
+                                             workdir / f"shared-{cache}-{n}", share_frozen_layers=share, **recipe),
+                                 callbacks=[calls])
+        assert result.status == "done", result.message
+        runs.append((result, calls.calls, load_run_info(result.output_dir).run_config["meta"]))
+    (shared, shared_calls, meta), (own, own_calls, own_meta) = runs[:2]
+    assert meta["shared_layers"] == 1 and own_meta["shared_layers"] == 0
+    assert meta["shared_layer_states_kept"] == (48 if cache else None)  # every training row's state
+    assert meta["shared_layer_states_bottom_pass"] == (0 if cache else None)
+    assert own_meta["shared_layer_states_kept"] is None
+    assert shared_calls == 0 and own_calls == 3  # the student's first layer ran in none of the 3 steps
+    # the same training: the same losses and, within float rounding, the same weights
+    for other, _, _ in runs[1:]:
+        losses = [[e["loss"] for e in r.log_history if "loss" in e] for r in (shared, other)]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+        torch.testing.assert_close(load_file(shared.output_dir / "model.safetensors"),
+                                   load_file(other.output_dir / "model.safetensors"), atol=1e-4, rtol=1e-3)
+    if cache:
+        _, warm_calls, warm_meta = runs[2]
+        assert warm_meta["teacher_logits_cache_hit"] and warm_calls == 0
+        assert warm_meta["shared_layer_states_kept"] == warm_meta["shared_layer_states_bottom_pass"] == 48
+
+
 def test_freeze_layers_that_would_leave_nothing_to_train_is_refused(teacher_run, reviews_parquet, workdir):
     with pytest.raises(ValueError, match="freeze_layers 2: BertForSequenceClassification has 2 encoder layers"):
         distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER,
