@@ -290,16 +290,21 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
                                                   + (", word embeddings frozen" if frz else "")
                                                   + (", hidden dropout 0" if hd else "")
                                                   + ({"-fl1": ", the embeddings and first layer frozen",
-                                                      "-fl2": ", the embeddings and first two layers frozen"}.get(fl, ""))
+                                                      "-fl2": ", the embeddings and first two layers frozen",
+                                                      "-fl1-shared": ", the embeddings and first layer frozen and "
+                                                                     "taken from the teacher"}.get(fl, ""))
                                                   + (f", seed {seed}" if sfx else ""),
                                                   RunConfig(kind="distill", teacher=t_kdapp, **STUDENT, **KD, seed=seed,
                                                             attention_dropout=0.0, mixed_precision="bf16",
                                                             teacher_precision="fp32", freeze_word_embeddings=bool(frz),
                                                             hidden_dropout=0.0 if hd else None,
-                                                            freeze_layers=int(fl[3:] or 0),
+                                                            freeze_layers=int(fl[3:4] or 0),
+                                                            # measured before kdapp shared the frozen first layer
+                                                            # with the teacher; "-shared": as kdapp runs it now
+                                                            share_frozen_layers=fl.endswith("-shared"),
                                                             **FAST_DROPOUT, **KDAPP_STUDENT))
            for frz, hd, fl in (("", "", ""), ("-frozen", "", ""), ("-frozen", "-hd0", ""), ("-frozen", "-hd0", "-fl1"),
-                               ("-frozen", "-hd0", "-fl2"))
+                               ("-frozen", "-hd0", "-fl2"), ("-frozen", "-hd0", "-fl1-shared"))
            for sfx, seed in (("", 42), ("-s43", 43), ("-s44", 44))},
         # students made from the pretrained MiniLM's layers 0, 2, 4 (not the fine-tuned teacher's): what the
         # teacher knows reaches them through KD alone, so how much of KD's gain does the fine-tuned init already give?
@@ -443,7 +448,7 @@ def runs() -> dict[str, tuple[str, RunConfig]]:
 
 BOOKKEEPING = {"output_dir", "run_name", "overwrite", "resume", "num_threads", "logging_steps", "save_steps",
                "report_to", "meta", "kind"}
-BEFORE_FIELD = {"fast_dropout": False}  # what a run made before the field existed did
+BEFORE_FIELD = {"fast_dropout": False, "share_frozen_layers": False}  # what a run made before the field existed did
 
 
 def scored(folder: Path) -> bool:
@@ -457,7 +462,14 @@ def scored(folder: Path) -> bool:
 def same_settings(folder: Path, cfg: RunConfig) -> bool:
     saved = load_run_info(folder).run_config
     defaults = RunConfig().to_dict() | BEFORE_FIELD  # a field added after the run: what runs did before it
-    return all(saved.get(k, defaults[k]) == v for k, v in cfg.to_dict().items() if k not in BOOKKEEPING)
+    return all(saved.get(k, defaults[k]) == v for k, v in cfg.to_dict().items()
+               if k not in BOOKKEEPING | moot_fields(cfg))
+
+
+def moot_fields(cfg: RunConfig) -> set[str]:
+    """Fields that change nothing in this run: share_frozen_layers without frozen, dropout-free layers to share."""
+    can_share = cfg.freeze_layers and cfg.hidden_dropout == 0 and cfg.attention_dropout == 0
+    return set() if can_share else {"share_frozen_layers"}
 
 
 def ensure_run(name: str, cfg: RunConfig, num_threads: int | None) -> Path:
@@ -602,6 +614,7 @@ CFV_TUNED_PAIRS = (*((f"kd-masked-windows-cfv-{tag}", other) for tag in ("t1", "
 SEED_GAPS = (("kd-ad0-bf16-t32-frozen", "kd-ad0-bf16-t32"), ("kd-ad0-bf16-t32-frozen-hd0", "kd-ad0-bf16-t32-frozen"),
              ("kd-ad0-bf16-t32-frozen-hd0-fl1", "kd-ad0-bf16-t32-frozen-hd0"),
              ("kd-ad0-bf16-t32-frozen-hd0-fl2", "kd-ad0-bf16-t32-frozen-hd0-fl1"),
+             ("kd-ad0-bf16-t32-frozen-hd0-fl1-shared", "kd-ad0-bf16-t32-frozen-hd0-fl1"),
              ("kd-transfer-masked-windows-fastdrop-fl1", "kd-transfer-masked-windows-fastdrop"),
              ("kd-masked", "nokd"), ("kd-hidden", "nokd"), ("kd-transfer-masked", "nokd"), ("kd-crossfit", "nokd"),
              ("kd-pretrained", "nokd-pretrained"), ("nokd", "nokd-pretrained"), ("kd-crossfit", "nokd-pretrained"),
@@ -712,6 +725,8 @@ def report(names: list[str], table: dict, out: Path) -> None:
              *((f"kd-ad0-bf16-t32-frozen-hd0{sfx}", f"kd-ad0-bf16-t32-frozen{sfx}") for sfx in ("", "-s43", "-s44")),
              *((f"kd-ad0-bf16-t32-frozen-hd0-fl{n}{sfx}", f"kd-ad0-bf16-t32-frozen-hd0{'-fl1' if n == 2 else ''}{sfx}")
                for n in (1, 2) for sfx in ("", "-s43", "-s44")),
+             *((f"kd-ad0-bf16-t32-frozen-hd0-fl1-shared{sfx}", f"kd-ad0-bf16-t32-frozen-hd0-fl1{sfx}")
+               for sfx in ("", "-s43", "-s44")),
              *((f"kd-transfer-masked-windows-fastdrop-fl1{sfx}", f"kd-transfer-masked-windows-fastdrop{sfx}")
                for sfx in ("", "-s43", "-s44")),
              ("kd-pretrained", "nokd-pretrained"), ("kd-pretrained-s43", "nokd-pretrained-s43"),

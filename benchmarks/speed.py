@@ -111,15 +111,31 @@ KD_RUNS = {
     # above them; a recipe change (its accuracy: benchmarks/accuracy.py kd-ad0-bf16-t32-frozen-hd0-fl1 against
     # kd-ad0-bf16-t32-frozen-hd0)
     # (and --freeze_layers 2: only the last layer, the pooler and the classifier train; it costs accuracy, so no target
-    # counts its pair: it shows how the cache's gain grows as the student's epoch shrinks)
+    # counts its pair: it shows how the cache's gain grows as the student's epoch shrinks). These pairs were measured
+    # before kdapp shared the frozen first layer with the teacher, so they run without it (--share_frozen_layers
+    # false): the student computes its own embeddings and first layer
     **{f"kdapp_2ep_{arm}_bf16_t32_frozen_hd0_fl{n}": (2, arm == "cache", dict(mixed_precision="bf16",
                                                                              teacher_precision="fp32",
                                                                              freeze_word_embeddings=True,
-                                                                             hidden_dropout=0.0, freeze_layers=n),
+                                                                             hidden_dropout=0.0, freeze_layers=n,
+                                                                             share_frozen_layers=False),
                                                        f"attention and hidden dropout 0, {what}, student in bf16, its "
-                                                       f"embeddings and {FIRST_LAYERS[n]} frozen")
+                                                       f"embeddings and {FIRST_LAYERS[n]} frozen, computed by itself")
        for n in (1, 2)
        for arm, what in (("nocache", "teacher on the fly in fp32"), ("cache", "teacher logits cached in fp32"))},
+    # the --freeze_layers 1 pair as kdapp runs it by default (--share_frozen_layers): the student's frozen embeddings
+    # and first layer are the teacher's, so it starts from the teacher's hidden state after its first layer
+    # (kdapp/shared_prefix.py): on the fly the teacher computes it anyway; with the cache the teacher's pass keeps it
+    # for every row. Its accuracy: benchmarks/accuracy.py kd-ad0-bf16-t32-frozen-hd0-fl1-shared
+    **{f"kdapp_2ep_{arm}_bf16_t32_frozen_hd0_fl1_shared": (2, arm == "cache", dict(mixed_precision="bf16",
+                                                                                  teacher_precision="fp32",
+                                                                                  freeze_word_embeddings=True,
+                                                                                  hidden_dropout=0.0, freeze_layers=1),
+                                                            f"attention and hidden dropout 0, {what}, student in "
+                                                            f"bf16, its embeddings and first layer frozen and "
+                                                            f"{how}")
+       for arm, what, how in (("nocache", "teacher on the fly in fp32", "taken from the teacher's forward"),
+                              ("cache", "teacher logits cached in fp32", "kept from the teacher's cache pass"))},
 }
 # 1-epoch KD runs against the seed-faithful baseline: (ratio key, run, what kdapp ran, note)
 TRAINING_RATIOS = [
@@ -150,9 +166,14 @@ CACHE_RATIOS = [("cache_2ep", "kdapp_2ep_nocache", "kdapp_2ep_cache", ""),
                 *((f"cache_2ep_bf16_t32_frozen_hd0_fl{n}", f"kdapp_2ep_nocache_bf16_t32_frozen_hd0_fl{n}",
                    f"kdapp_2ep_cache_bf16_t32_frozen_hd0_fl{n}",
                    f" (student in bf16, teacher in fp32, no hidden dropout, the student's embeddings and "
-                   f"{FIRST_LAYERS[n]} frozen)") for n in (1, 2))]
+                   f"{FIRST_LAYERS[n]} frozen)") for n in (1, 2)),
+                ("cache_2ep_bf16_t32_frozen_hd0_fl1_shared", "kdapp_2ep_nocache_bf16_t32_frozen_hd0_fl1_shared",
+                 "kdapp_2ep_cache_bf16_t32_frozen_hd0_fl1_shared",
+                 " (student in bf16, teacher in fp32, no hidden dropout, the student's embeddings and first layer "
+                 "frozen and taken from the teacher)")]
 TARGETS = {"train_1ep": 1.5, "cache_2ep": 1.4, "cache_2ep_bf16_t32": 1.4, "cache_2ep_bf16_t32_frozen": 1.4,
            "cache_2ep_bf16_t32_frozen_hd0": 1.4, "cache_2ep_bf16_t32_frozen_hd0_fl1": 1.4,
+           "cache_2ep_bf16_t32_frozen_hd0_fl1_shared": 1.4,
            "infer_fp32": 1.2, "infer_fastest": 2.5,
            "infer_fastest_within": 2.5, "arch": 1.9}
 ACCURACY_TOLERANCE = 0.003  # the fast path's accuracy within 0.3 points of fp32's
@@ -344,7 +365,8 @@ def kd_run(args, teacher: str, work: Path, name: str, epochs: float, cache: bool
             "teacher_precision": meta["teacher_precision_effective"], "fast_dropout": cfg.fast_dropout,
             "dropout_path": meta["dropout_path"], "mixed_precision": meta["mixed_precision_effective"],
             "last_layer": meta["last_layer"], "frozen_parameters": meta["frozen_parameters"],
-            "freeze_layers": cfg.freeze_layers, "output_dir": str(result.output_dir)}
+            "freeze_layers": cfg.freeze_layers, "shared_layers": meta["shared_layers"],
+            "shared_layer_states_kept": meta["shared_layer_states_kept"], "output_dir": str(result.output_dir)}
 
 
 def kdapp_pass(model, tokenizer, texts, labels, max_length: int, precision: str, batch_size: int = 100,
@@ -455,7 +477,7 @@ def main() -> None:
         if peak_bf16:
             log(f"bf16 matmul peak ({KDAPP_THREADS}): {peak_bf16} GFLOP/s")
 
-        if "training" in args.parts or "inference" in args.parts:
+        if ("training" in args.parts or "inference" in args.parts) and not args.no_baseline:
             log("baseline (subprocess, default OpenMP): seed-faithful KD, 1 epoch" +
                 (" + pipeline inference" if "inference" in args.parts else ""))
             base = baseline_in_subprocess({"teacher": teacher_dir, "data": args.data, "n_train": args.n_reviews,
@@ -495,7 +517,7 @@ def main() -> None:
             flops_student = 3 * model_flops(student0, train_len)
             flops_teacher = model_flops(teacher, train_len)
             t = report["training"]
-            b = t["seed_baseline_1ep"]
+            b = t.get("seed_baseline_1ep")  # None with --no_baseline
             for name in ("kdapp_1ep", "kdapp_1ep_attn_dropout", "kdapp_1ep_torch_dropout", "kdapp_1ep_full_last_layer",
                          "kdapp_1ep_bf16"):
                 if name in t:
@@ -503,12 +525,13 @@ def main() -> None:
                     executed = 3 * model_flops(student0, train_len, last) + model_flops(teacher, train_len, last)
                     report["flops"][f"train_{name}"] = _fraction(executed / t[name]["train_runtime_s"],
                                                                  *_peak(name, peak, peak_bf16))
-            report["flops"]["train_baseline_1ep"] = _fraction((flops_student + flops_teacher) / b["train_runtime_s"],
-                                                              peak)
-            padded = [args.max_length] * len(train_len)  # what the baseline computes, padding included
-            executed = 3 * model_flops(student0, padded) + model_flops(teacher, padded)
-            report["flops"]["train_baseline_1ep_executed_incl_padding"] = _fraction(executed / b["train_runtime_s"],
-                                                                                    peak)
+            if b is not None:
+                report["flops"]["train_baseline_1ep"] = _fraction((flops_student + flops_teacher)
+                                                                  / b["train_runtime_s"], peak)
+                padded = [args.max_length] * len(train_len)  # what the baseline computes, padding included
+                executed = 3 * model_flops(student0, padded) + model_flops(teacher, padded)
+                report["flops"]["train_baseline_1ep_executed_incl_padding"] = _fraction(
+                    executed / b["train_runtime_s"], peak)
 
         if "inference" in args.parts:
             inf = report["inference"]
@@ -701,6 +724,15 @@ def _rounds(training: dict, name: str) -> list[dict]:
     return [training[name]] + [training[k] for k in sorted(rounds, key=lambda k: int(k.split("#")[1]))]
 
 
+def _shared_label(run: dict) -> str:
+    """The layers the student took from the teacher (kdapp/shared_prefix.py), and for how many rows the cache pass
+    kept them; '-' for none."""
+    if not run.get("shared_layers"):
+        return "-"
+    kept = run.get("shared_layer_states_kept")
+    return f"{run['shared_layers']} layer" + ("" if kept is None else f", kept for {kept} rows")
+
+
 def _dropout_label(name: str, run: dict) -> str:
     if name.startswith("seed_"):
         return "PyTorch"
@@ -731,7 +763,8 @@ def write_report(report: dict, out: Path) -> None:
         lines.append(f"| {r['what']} | {r['ratio']:.2f}x | {r['target'] or '-'} | {met} | {r['note']} |")
     if report["training"]:
         lines += ["", "| training run | samples/s | train s | wall s | cache pass s | attention dropout | hidden dropout "
-                  "| dropout path | last layer | teacher | precision | word embeddings | frozen layers |", "|---" * 13 + "|"]
+                  "| dropout path | last layer | teacher | precision | word embeddings | frozen layers | taken from the "
+                  "teacher |", "|---" * 14 + "|"]
         for k, v in report["training"].items():
             dropout = v.get("attention_dropout", "-")
             lines.append(f"| {k} | {v['train_samples_per_second']:.2f} | {v['train_runtime_s']:.1f} | "
@@ -741,7 +774,8 @@ def write_report(report: dict, out: Path) -> None:
                          f"{_dropout_label(k, v)} | "
                          f"{v.get('last_layer', 'full')} | {v.get('teacher_precision', 'fp32').replace('auto', 'fp32')} "
                          f"| {v.get('mixed_precision', 'fp32')} | "
-                         f"{'frozen' if v.get('frozen_parameters') else 'trained'} | {v.get('freeze_layers', 0)} |")
+                         f"{'frozen' if v.get('frozen_parameters') else 'trained'} | {v.get('freeze_layers', 0)} | "
+                         f"{_shared_label(v)} |")
     if report["inference"]:
         lines += ["", "| inference path | reviews/s | accuracy | reviews | size MB | last layer |",
                   "|---|---|---|---|---|---|"]
@@ -804,6 +838,9 @@ def parse_args() -> argparse.Namespace:
                    help="validation reviews of the profile part (where the fp32 and int8 paths spend their time)")
     p.add_argument("--training_runs", nargs="+", default=list(KD_RUNS), choices=list(KD_RUNS),
                    help="kdapp KD runs of the training part (the seed-faithful baseline always runs with it)")
+    p.add_argument("--no_baseline", action="store_true",
+                   help="skip the seed-faithful baseline (and the pipeline): for runs that compare kdapp's own runs "
+                        "only, as the logit-cache pairs do")
     p.add_argument("--cache_rounds", type=int, default=1,
                    help="rounds of each cache pair in --training_runs, the order reversed each round; the ratio "
                         "sums every round's wall times")

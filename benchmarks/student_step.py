@@ -27,7 +27,8 @@ def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: 
                  freeze_word_embeddings: bool = False, hidden_dropout: float | None = None, freeze_layers: int = 0):
     """(step, batches): step(batch) trains the student on one batch (a list of row numbers); step.forward_backward(
     batch, weight=1.0) only adds the batch's gradients to step.student's and returns its logits; step.trained and
-    step.optimizer are the trained parameters and their fused AdamW. As the run options do:
+    step.optimizer are the trained parameters and their fused AdamW; step.teacher is the teacher the student was made
+    from and step.inputs(batch) the batch's padded model inputs. As the run options do:
     freeze_word_embeddings, the word embeddings get no gradient, clipping or AdamW update; hidden_dropout, every
     dropout but the attention's at that p (None: the model's own, 0.1); freeze_layers, every embedding and the
     first N layers get none either (the backward pass stops above them)."""
@@ -79,6 +80,8 @@ def student_step(data, precision: str, attention_dropout: float = 0.0, reviews: 
         optimizer.zero_grad()
 
     step.forward_backward, step.student, step.trained, step.optimizer = forward_backward, student, trained, optimizer
+    step.teacher = teacher  # the student's source (a separate copy)
+    step.inputs = lambda batch: pad_batch([ids[i] for i in batch], tokenizer.pad_token_id or 0, "cpu")
     return step, batches
 
 

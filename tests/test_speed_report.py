@@ -80,3 +80,15 @@ def test_cache_parts_split_the_no_cache_arm_where_the_teacher_was_timed(speed):
     row = next(r for r in speed.ratios(report) if r["key"] == "cache_2ep")
     assert "timed in its steps: 45.0 s, beside 37.0 s of the student's" in row["note"]
     assert "teacher_timed" not in speed.cache_parts([_run(168, 164)], [_run(127, 84, cache=38)])
+
+
+def test_the_shared_layer_pair_counts_for_the_target_and_the_pairs_measured_before_it_stay_as_they_were(speed):
+    key = "cache_2ep_bf16_t32_frozen_hd0_fl1_shared"
+    no_cache, cached = next((nc, c) for k, nc, c, _ in speed.CACHE_RATIOS if k == key)
+    assert speed.TARGETS[key] == 1.4
+    assert all("share_frozen_layers" not in speed.KD_RUNS[run][2] for run in (no_cache, cached))  # kdapp's default
+    assert all(speed.KD_RUNS[f"kdapp_2ep_{arm}_bf16_t32_frozen_hd0_fl{n}"][2]["share_frozen_layers"] is False
+               for arm in ("nocache", "cache") for n in (1, 2))
+    assert speed._shared_label({"shared_layers": 1, "shared_layer_states_kept": 2000}) == "1 layer, kept for 2000 rows"
+    assert speed._shared_label({"shared_layers": 1, "shared_layer_states_kept": None}) == "1 layer"
+    assert speed._shared_label({"freeze_layers": 1}) == "-"  # a report made before the field
