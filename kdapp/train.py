@@ -180,6 +180,9 @@ def distill_student(cfg: RunConfig, callbacks: list[TrainerCallback] | None = No
         # the cache pass keeps the shared layers' states too, where the student reads the same inputs and they fit
         elif shared and fits_in_memory(sum(map(len, teacher_ids)), student.config.hidden_size):
             states = [None] * len(teacher_ids)
+        elif shared:
+            log.info("shared layers: their states for %d rows would take over a quarter of free memory; the student "
+                     "computes its own first %d layers in this run", len(teacher_ids), shared)
         cache, cache_hit = teacher_logits(teacher, teacher_ids, tokenizer.pad_token_id or 0,
                                           cfg.per_device_eval_batch_size, fingerprint=fingerprint,
                                           hidden_layer=shared, states=states)

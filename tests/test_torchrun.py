@@ -37,8 +37,12 @@ def test_teacher_and_distill_under_torchrun(tmp_path, teacher_dir, reviews_parqu
                         *TINY], tmp_path)
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     assert "rank > 0: the main process writes the run" in teacher.stdout
+    # the first layer frozen and shared with the teacher: each process gets every row's state from the teacher's
+    # first layer (the cache pass is shared out, so it keeps none), and the student inside torchrun's wrapper
+    # starts above it
     student = torchrun(["distill", "--teacher", "runs/teacher", "--student", "from-teacher", "--alpha", "0.5",
-                        "--cache_teacher_logits", "--data", reviews_parquet, "--output_dir", "runs/student", *TINY],
+                        "--cache_teacher_logits", "--freeze_layers", "1", "--hidden_dropout", "0",
+                        "--attention_dropout", "0", "--data", reviews_parquet, "--output_dir", "runs/student", *TINY],
                        tmp_path)
     assert student.returncode == 0, student.stderr[-3000:]
 
@@ -53,5 +57,7 @@ def test_teacher_and_distill_under_torchrun(tmp_path, teacher_dir, reviews_parqu
         assert metrics["train_loss"] < 1.0
     meta = json.loads((tmp_path / "runs" / "student" / "run_config.json").read_text())["meta"]
     assert meta["teacher_logits_cached"] and meta["student_layer_map"] == [0, 2]
+    assert meta["shared_layers"] == 1 and meta["shared_layer_states_kept"] == meta["shared_layer_states_bottom_pass"]
+    assert meta["shared_layer_states_kept"] == meta["train_rows"] == 64
     cache = tmp_path / "checkpoints" / ".cache" / "logits"
     assert len(list(cache.glob("*.safetensors"))) == 1 and not list(cache.glob("*.tmp"))

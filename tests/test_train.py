@@ -242,6 +242,20 @@ def test_a_run_with_a_frozen_first_layer_starts_the_student_above_it(teacher_run
         assert warm_meta["shared_layer_states_kept"] == warm_meta["shared_layer_states_bottom_pass"] == 48
 
 
+def test_shared_layer_states_too_big_for_memory_leave_the_student_computing_its_own(teacher_run, reviews_parquet,
+                                                                                     workdir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("kdapp.train.fits_in_memory", lambda n_tokens, hidden: False)
+    calls = LayerCalls()
+    result = distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER, workdir / "no-room",
+                                         freeze_layers=1, attention_dropout=0.0, hidden_dropout=0.0,
+                                         cache_teacher_logits=True, eval_strategy="no"), callbacks=[calls])
+    assert result.status == "done", result.message
+    meta = load_run_info(result.output_dir).run_config["meta"]
+    assert meta["shared_layers"] == 1 and meta["shared_layer_states_kept"] is None
+    assert calls.calls == 3  # every step ran the student's own first layer
+
+
 def test_freeze_layers_that_would_leave_nothing_to_train_is_refused(teacher_run, reviews_parquet, workdir):
     with pytest.raises(ValueError, match="freeze_layers 2: BertForSequenceClassification has 2 encoder layers"):
         distill_student(distill_cfg(reviews_parquet, teacher_run.output_dir, FROM_TEACHER,
