@@ -763,8 +763,8 @@ def write_report(report: dict, out: Path) -> None:
         lines.append(f"| {r['what']} | {r['ratio']:.2f}x | {r['target'] or '-'} | {met} | {r['note']} |")
     if report["training"]:
         lines += ["", "| training run | samples/s | train s | wall s | cache pass s | attention dropout | hidden dropout "
-                  "| dropout path | last layer | teacher | precision | word embeddings | frozen layers | taken from the "
-                  "teacher |", "|---" * 14 + "|"]
+                  "| dropout path | last layer | teacher | precision | word embeddings | frozen layers "
+                  "| taken from the teacher |", "|---" * 14 + "|"]
         for k, v in report["training"].items():
             dropout = v.get("attention_dropout", "-")
             lines.append(f"| {k} | {v['train_samples_per_second']:.2f} | {v['train_runtime_s']:.1f} | "

@@ -31,18 +31,13 @@ from .inference import logits_from_ids
 MEMORY_SHARE = 0.25  # the cached states may take at most this share of the memory available when the run starts
 
 
-def _parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.ModuleList] | None:
-    """(embeddings, encoder layers) of a BERT or DistilBERT classifier, None for anything else."""
+def _parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(embeddings, the encoder: its layers are `.layer`) of a BERT or DistilBERT classifier, None for anything else."""
     if isinstance(model, BertForSequenceClassification):
-        return model.bert.embeddings, model.bert.encoder.layer
+        return model.bert.embeddings, model.bert.encoder
     if isinstance(model, DistilBertForSequenceClassification):
-        return model.distilbert.embeddings, model.distilbert.transformer.layer
+        return model.distilbert.embeddings, model.distilbert.transformer
     return None
-
-
-def _encoder(model: torch.nn.Module) -> torch.nn.Module:
-    """The module holding the encoder layers as `.layer`."""
-    return model.bert.encoder if isinstance(model, BertForSequenceClassification) else model.distilbert.transformer
 
 
 def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -65,7 +60,8 @@ def shared_layers(teacher: torch.nn.Module, student: torch.nn.Module) -> int:
     t, s = _parts(teacher), _parts(student)
     if t is None or s is None or type(teacher) is not type(student):
         return 0
-    (t_emb, t_layers), (s_emb, s_layers) = t, s
+    (t_emb, t_encoder), (s_emb, s_encoder) = t, s
+    t_layers, s_layers = t_encoder.layer, s_encoder.layer
     if not (_fixed(s_emb) and _same(s_emb, t_emb)):
         return 0
     k = 0
@@ -111,7 +107,7 @@ def starting_at(student: torch.nn.Module, states: torch.Tensor, layers: int):
     the first `layers` encoder layers, for the batch about to be passed) and those layers pass it on unchanged, so
     its forward starts at layer `layers`. The classes are restored on the way out."""
     embeddings, encoder = _parts(student)
-    modules = [embeddings, *encoder[:layers]]
+    modules = [embeddings, *encoder.layer[:layers]]
     classes = [type(m) for m in modules]
     embeddings.kdapp_handed = states
     try:
@@ -128,7 +124,7 @@ def starting_at(student: torch.nn.Module, states: torch.Tensor, layers: int):
 def bottom_only(model: torch.nn.Module, layers: int):
     """For the calls inside: the model runs its embeddings and first `layers` encoder layers only (its head then
     reads the last of them: the logits mean nothing, the hidden states are the full model's)."""
-    encoder = _encoder(model)
+    _, encoder = _parts(model)
     full = encoder.layer
     encoder.layer = torch.nn.ModuleList(full[:layers])
     try:
