@@ -1,6 +1,6 @@
 """The KD student's training step that benchmarks/omp_wait.py, dropout_masks.py, frozen_embeddings.py,
-hidden_dropout.py and fp32_attention.py time, how the last three alternate their arms, and how they all save their
-reports.
+hidden_dropout.py, fp32_attention.py, frozen_layers.py and shared_layers.py time, how the last five alternate their
+arms, and how they all save their reports.
 
 It is the step of the speed benchmark's logit-cache pair (benchmarks/speed.py, kdapp_2ep_cache*): a 3-layer student
 made from the teacher (layers 0, 2, 4), kdapp's CPU dropout, last layer at [CLS] only, 16 reviews of
