@@ -924,7 +924,8 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(DATA).is_file():
         sys.exit(f"{DATA} not found: run from the repo root with ../shared/data/imdb/train.parquet beside it")
-    missing = runs_not_here(Path(args.out), table, [] if args.report_only else args.runs)
+    # --no_report writes no report, so it has none to protect (a new machine's first run, say the teacher's)
+    missing = [] if args.no_report else runs_not_here(Path(args.out), table, [] if args.report_only else args.runs)
     if missing:  # checked before any training, so that no run is made for a report that cannot be written
         sys.exit(f"{args.out}.md holds {len(missing)} runs whose checkpoints are not under {ROOT} "
                  f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}): rewriting it here would drop "
