@@ -184,17 +184,37 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- shared measurements
+def _best_gflops(step, n: int, repeats: int) -> float:
+    """Best-of-`repeats` GFLOP/s of `step()`, an (n x n) by (n x n) product, after one warm-up call."""
+    step()  # warm-up: thread pool start, allocations
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return round(2 * n**3 / best / 1e9, 2)
+
+
 def matmul_gflops(n: int = 2048, dtype=torch.float32, repeats: int = 5) -> float:
     """Best-of-`repeats` GFLOP/s of an (n x n) @ (n x n) matmul: this machine's practical peak at this setting."""
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
-    a @ b  # warm-up: thread pool start, allocations
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return round(2 * n**3 / best / 1e9, 2)
+    return _best_gflops(lambda: a @ b, n, repeats)
+
+
+def int8_linear_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-`repeats` GFLOP/s of an int8 matmul as kdapp's int8 path runs one: an (n x n) float32 input through an
+    (n x n) Linear quantized dynamically with per-channel int8 weights (kdapp/quantize.py's quantize_int8), the
+    input's quantization included. The yardstick of the int8 paths: with VNNI or AMX int8 they can outrun fp32's
+    matmul peak, so a fraction of that would not say how far from their own limit they are."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    gen = torch.Generator().manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Linear(n, n, bias=False))  # quantize_dynamic swaps children only
+    quantized = quantize_dynamic(linear, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    x = torch.randn(n, n, generator=gen)
+    with torch.inference_mode():
+        return _best_gflops(lambda: quantized(x), n, repeats)
 
 
 def best_bf16_peak(report: dict, n: int) -> float:
@@ -476,6 +496,11 @@ def main() -> None:
         report["matmul_bf16_gflops"] = peak_bf16
         if peak_bf16:
             log(f"bf16 matmul peak ({KDAPP_THREADS}): {peak_bf16} GFLOP/s")
+        # int8 paths against int8's own peak (a dynamically quantized Linear, as kdapp's int8 path runs)
+        peak_int8 = int8_linear_gflops(args.matmul_n) if "inference" in args.parts else None
+        report["matmul_int8_gflops"] = peak_int8
+        if peak_int8:
+            log(f"int8 dynamic Linear peak ({KDAPP_THREADS}): {peak_int8} GFLOP/s")
 
         if ("training" in args.parts or "inference" in args.parts) and not args.no_baseline:
             log("baseline (subprocess, default OpenMP): seed-faithful KD, 1 epoch" +
@@ -556,7 +581,7 @@ def main() -> None:
                 share = inf[key]["n"] / len(texts)  # the bf16 subset does a share of the work
                 f_teacher = model_flops(teacher, valid_len, inf[key].get("last_layer") == "cls-only")
                 report["flops"][f"infer_{key}"] = _fraction(f_teacher * share / inf[key]["seconds"],
-                                                            *_peak(key, peak, peak_bf16))
+                                                            *_peak(key, peak, peak_bf16, peak_int8))
             report["flops"]["infer_student_fp32"] = _fraction(model_flops(student0, valid_len, True)
                                                               / inf["student_fp32"]["seconds"], peak)
 
@@ -602,9 +627,15 @@ def main() -> None:
     write_report(report, out)
 
 
-def _peak(path: str, peak_fp32: float, peak_bf16: float | None) -> tuple[float, str]:
-    """The yardstick for a path: bf16's matmul peak for a bf16 path where bf16 is native, else fp32's."""
-    return (peak_bf16, "bf16") if "bf16" in path and peak_bf16 else (peak_fp32, "fp32")
+def _peak(path: str, peak_fp32: float, peak_bf16: float | None,
+          peak_int8: float | None = None) -> tuple[float, str]:
+    """The yardstick for a path: bf16's matmul peak for a bf16 path where bf16 is native, int8's (a dynamically
+    quantized Linear) for an int8 path where it was measured, else fp32's."""
+    if "bf16" in path and peak_bf16:
+        return peak_bf16, "bf16"
+    if "int8" in path and peak_int8:
+        return peak_int8, "int8"
+    return peak_fp32, "fp32"
 
 
 def _fraction(flop_per_s: float, peak_gflops: float, peak: str = "fp32") -> dict:
@@ -805,7 +836,11 @@ def write_report(report: dict, out: Path) -> None:
     bf16 = (f"; bf16 matmul, the yardstick of the bf16 paths: {report['matmul_bf16_gflops']}"
             + (f", the best of {len(seen)} measurements in the run ({min(seen)}-{max(seen)})" if seen else "")
             if report.get("matmul_bf16_gflops") else "")
-    lines += ["", f"Achieved model FLOP/s vs this machine's best measured matmul (fp32 GFLOP/s: {peaks}{bf16}):", "",
+    int8 = (f"; int8 (a dynamically quantized Linear with per-channel weights, its input's quantization included), "
+            f"the yardstick of the int8 paths: {report['matmul_int8_gflops']}" if report.get("matmul_int8_gflops")
+            else "")
+    lines += ["", f"Achieved model FLOP/s vs this machine's best measured matmul (fp32 GFLOP/s: {peaks}{bf16}{int8}):",
+              "",
               "| path | GFLOP/s | fraction of peak | peak |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['gflop_per_s']} | {v['fraction_of_matmul_peak']:.1%} | {v.get('peak', 'fp32')} |"
               for k, v in report["flops"].items()]

@@ -92,3 +92,17 @@ def test_the_shared_layer_pair_counts_for_the_target_and_the_pairs_measured_befo
     assert speed._shared_label({"shared_layers": 1, "shared_layer_states_kept": 2000}) == "1 layer, kept for 2000 rows"
     assert speed._shared_label({"shared_layers": 1, "shared_layer_states_kept": None}) == "1 layer"
     assert speed._shared_label({"freeze_layers": 1}) == "-"  # a report made before the field
+
+
+def test_each_path_is_measured_against_its_own_precisions_peak(speed):
+    assert speed._peak("kdapp_int8", 100.0, 400.0, 300.0) == (300.0, "int8")
+    assert speed._peak("kdapp_bf16", 100.0, 400.0, 300.0) == (400.0, "bf16")
+    assert speed._peak("kdapp_fp32", 100.0, 400.0, 300.0) == (100.0, "fp32")
+    # where a peak was not measured (bf16 emulated, or no inference part) the path falls back to fp32's
+    assert speed._peak("kdapp_int8", 100.0, None) == (100.0, "fp32")
+    assert speed._peak("kdapp_bf16", 100.0, None, 300.0) == (100.0, "fp32")
+
+
+def test_the_int8_yardstick_times_a_quantized_linear(speed):
+    gflops = speed.int8_linear_gflops(n=64, repeats=2)
+    assert gflops > 0 and gflops == gflops  # a number, not NaN
