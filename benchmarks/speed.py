@@ -207,11 +207,10 @@ def int8_linear_gflops(n: int = 2048, repeats: int = 5) -> float:
     (n x n) Linear quantized dynamically with per-channel int8 weights (kdapp/quantize.py's quantize_int8), the
     input's quantization included. The yardstick of the int8 paths: with VNNI or AMX int8 they can outrun fp32's
     matmul peak, so a fraction of that would not say how far from their own limit they are."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from kdapp.quantize import quantize_int8
 
     gen = torch.Generator().manual_seed(0)
-    linear = torch.nn.Sequential(torch.nn.Linear(n, n, bias=False))  # quantize_dynamic swaps children only
-    quantized = quantize_dynamic(linear, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    quantized = quantize_int8(torch.nn.Sequential(torch.nn.Linear(n, n, bias=False)))  # it swaps children only
     x = torch.randn(n, n, generator=gen)
     with torch.inference_mode():
         return _best_gflops(lambda: quantized(x), n, repeats)
