@@ -16,6 +16,9 @@ what is asked), backward, clipping at 1.0, fused AdamW. The batches are those of
 trains. On a CPU both arms run the same path (attention_backends does nothing there): a smoke test only.
 
     python benchmarks/gpu_training_attention.py --model CHECKPOINT --data train.parquet --out OUT
+    # the full-scale student (distilbert-base from its config: random weights, the same timings) at 512 tokens
+    python benchmarks/gpu_training_attention.py --model arch:distilbert-base-uncased --tokenizer TOKENIZER_DIR \
+        --max_length 512 --data train.parquet --out OUT
 """
 from __future__ import annotations
 
@@ -32,7 +35,11 @@ ARMS = ("default", "nocudnn")
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="/tmp/student", help="the student checkpoint to train (copied twice)")
+    p.add_argument("--model", default="/tmp/student",
+                   help="the student to train (copied twice): a checkpoint folder, or arch:NAME (random weights)")
+    p.add_argument("--tokenizer", help="a tokenizer folder (needed by arch:NAME; bert-base-uncased's WordPiece, "
+                                       "e.g. MiniLM's); default: the checkpoint's own")
+    p.add_argument("--max_length", type=int, default=256)
     p.add_argument("--data", default=".gpu/train.parquet", help="IMDb parquet (read, never copied)")
     p.add_argument("--reviews", type=int, default=4000, help="the first N reviews of the seed's training split")
     p.add_argument("--epochs", type=int, default=2)
@@ -44,22 +51,25 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def sdp_choice(device: str, dtype: torch.dtype) -> int | None:
-    """torch's scaled-dot-product pick for a training-shaped call (16, 12, 256, 32), padding mask, gradients on,
-    in the calling context (None on CPU). 3 is cuDNN in torch's SDPBackend numbering."""
+def sdp_choice(device: str, dtype: torch.dtype, config, batch: int, length: int) -> int | None:
+    """torch's scaled-dot-product pick for a training-shaped call (batch, heads, length, head size), padding mask,
+    gradients on, in the calling context (None on CPU). 3 is cuDNN in torch's SDPBackend numbering."""
     if device != "cuda":
         return None
-    q = torch.randn(16, 12, 256, 32, device=device, dtype=dtype, requires_grad=True)
-    mask = torch.zeros(16, 1, 256, 256, device=device, dtype=dtype)
+    heads = getattr(config, "num_attention_heads", None) or config.n_heads
+    width = getattr(config, "hidden_size", None) or config.dim
+    q = torch.randn(batch, heads, length, width // heads, device=device, dtype=dtype, requires_grad=True)
+    mask = torch.zeros(batch, 1, length, length, device=device, dtype=dtype)
     return int(torch._fused_sdp_choice(q, q, q, mask, 0.0, False))
 
 
 def main() -> None:
     args = parse_args()
     import numpy as np
+    from transformers import AutoTokenizer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from kdapp.benchmark import bench_env
+    from kdapp.benchmark import ARCH_PREFIX, bench_env, build_arch
     from kdapp.cls_only import use_cls_only
     from kdapp.data import read_source, seed_split
     from kdapp.distill import distillation_loss
@@ -67,17 +77,22 @@ def main() -> None:
     from kdapp.inference import attention_backends, pad_batch
     from kdapp.models import load_pair
 
+    if args.model.startswith(ARCH_PREFIX) and not args.tokenizer:
+        raise SystemExit(f"{args.model} has no tokenizer: name one with --tokenizer (a bert-base-uncased WordPiece "
+                         "folder, e.g. MiniLM's)")
     device = args.device
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.precision]
     train, _ = seed_split(read_source(args.data)["train"])
     rows = train.select(range(min(args.reviews, len(train))))
     students, tokenizer = {}, None
-    for arm in ARMS:
-        model, tokenizer = load_pair(args.model)
+    for arm in ARMS:  # two copies, the same weights
+        model, tokenizer = ((build_arch(args.model), None) if args.model.startswith(ARCH_PREFIX)
+                            else load_pair(args.model))
         model.to(device).train()
         use_cls_only(model)
         students[arm] = model
-    ids = encode(tokenizer, list(rows["text"]), 256)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else tokenizer
+    ids = encode(tokenizer, list(rows["text"]), args.max_length)
     labels = torch.tensor(rows["label"], device=device)
     soft = torch.randn(len(ids), 2, generator=torch.Generator().manual_seed(0)).to(device)
     trained = {arm: [p for p in m.parameters() if p.requires_grad] for arm, m in students.items()}
@@ -110,7 +125,8 @@ def main() -> None:
     choices = {}
     for arm in ARMS:
         with contexts[arm]():
-            choices[arm] = sdp_choice(device, amp or torch.float32)
+            choices[arm] = sdp_choice(device, amp or torch.float32, students[arm].config, args.batch_size,
+                                      args.max_length)
     seconds = {arm: [[] for _ in range(args.epochs)] for arm in ARMS}
     shapes: list[set] = [set() for _ in range(args.epochs)]
     lengths = [len(x) for x in ids]
@@ -129,7 +145,8 @@ def main() -> None:
     env = bench_env(device)
     seen = set()
     lines = [f"{env['device_name']}, torch {env['torch']}; the student {args.model}, "
-             f"{len(ids)} reviews, batches of {args.batch_size} (group_by_length), {args.precision}; torch's "
+             f"{len(ids)} reviews at most {args.max_length} tokens, batches of {args.batch_size} (group_by_length), "
+             f"{args.precision}; torch's "
              f"attention pick for a training call (3: cuDNN): " + ", ".join(f"{a} {choices[a]}" for a in ARMS), "",
              "| epoch | batch shapes new this epoch | default (s) | nocudnn (s) | default / nocudnn |",
              "|---|---|---|---|---|"]
