@@ -288,3 +288,35 @@ def test_cpu_recipe_preset_is_the_measured_recipe():
     assert preset["student_layers"] is None and measured.student_layers == 3  # half the MiniLM teacher's six
     assert differ == {}
     assert preset["weight_decay"] == measured.weight_decay == 0.01
+
+
+def test_benchmark_tab_offers_the_gpu_precisions_on_a_gpu(runs, monkeypatch):
+    """On a GPU machine the tab offers cuda (the default), fp16 and int4 (bitsandbytes), and the button hands them to
+    run_benchmark as chosen; the GPU itself is faked, the kernels were timed on an H200 (docs/speed.md)."""
+    import torch
+
+    import kdapp.ui.bench_tab as bench_tab
+
+    def components(demo):
+        return {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+
+    cpu_only = components(build_app(JobRegistry(), runs[0]))
+    assert [v for _, v in cpu_only["bench_device"].choices] == ["cpu"]
+    assert {"fp16", "int4"}.isdisjoint(v for _, v in cpu_only["bench_precision"].choices)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    demo = build_app(JobRegistry(), runs[0])
+    on_gpu = components(demo)
+    assert [v for _, v in on_gpu["bench_device"].choices] == ["cpu", "cuda"] and on_gpu["bench_device"].value == "cuda"
+    assert [v for _, v in on_gpu["bench_precision"].choices] == ["fp32", "bf16", "int8", "fp16", "int4"]
+
+    calls = []
+
+    def record(models, batch_sizes, max_length, device, precisions, **kw):
+        calls.append((models, batch_sizes, max_length, device, precisions))
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(bench_tab, "run_benchmark", record)
+    kd = str(runs[1]["kd"])
+    table, _ = handler(demo, "benchmark")([kd], [1, 100], 32, "cuda", ["fp16", "int4"], "random tokens", 4, 1)
+    assert calls == [([kd], [1, 100], 32, "cuda", ("fp16", "int4"))] and "recorded" in table
