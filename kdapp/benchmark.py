@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig
@@ -190,7 +191,9 @@ def measure(model: torch.nn.Module, batch_size: int, ids: list[list[int]] | None
     _reset_peak_memory(device)
     for _ in range(warmup):
         _time_batch(model, batches[0], pad_id, device, cls_only)
+    before = cpu_use()
     times = [_time_batch(model, batch, pad_id, device, cls_only) for _ in range(repeats) for batch in batches]
+    contention = others_share(before, cpu_use())
     timed_s = sum(times)
     n_tokens = sum(len(x) for x in ids)
     return {
@@ -205,6 +208,7 @@ def measure(model: torch.nn.Module, batch_size: int, ids: list[list[int]] | None
         "achieved_gflop_per_s": round(repeats * flops_per_pass / timed_s / 1e9, 2) if flops_per_pass else None,
         "timed_s": round(timed_s, 3),
         **_peak_memory(device),
+        **contention,
     }
 
 
@@ -262,9 +266,65 @@ def release_memory() -> None:
 
 
 def _current_rss_mb() -> float:
-    import psutil
-
     return round(psutil.Process().memory_info().rss / 1e6, 1)
+
+
+# ---------------------------------------------------------------- what else ran on the CPUs while timing
+BUSY_SHARE = 0.10  # above this share of the CPUs taken by others while timing, the table says the machine was busy
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds since boot of the CPUs this process may run on, and this process's own CPU seconds."""
+    busy: float   # user + nice + system + irq + softirq, summed over those CPUs (guest time is inside user)
+    steal: float  # time the hypervisor gave those (virtual) CPUs to another machine
+    total: float  # busy + idle + iowait + steal
+    own: float    # this process, every thread
+
+
+def cpu_use() -> CpuUse | None:
+    """A reading for others_share; None where psutil cannot read the CPUs' times."""
+    try:
+        proc = psutil.Process()
+        allowed = set(proc.cpu_affinity()) if hasattr(proc, "cpu_affinity") else None  # not on macOS
+        per_cpu = psutil.cpu_times(percpu=True)
+        own = proc.cpu_times()
+    except (psutil.Error, OSError):
+        return None
+    busy = steal = total = 0.0
+    for i, t in enumerate(per_cpu):  # in CPU id order (Linux lists online CPUs only: an offline one would shift it)
+        if allowed is not None and i not in allowed:
+            continue
+        b = sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+        s = getattr(t, "steal", 0.0)
+        busy, steal, total = busy + b, steal + s, total + b + t.idle + getattr(t, "iowait", 0.0) + s
+    return CpuUse(busy, steal, total, own.user + own.system) if total else None
+
+
+def others_share(before: CpuUse | None, after: CpuUse | None, min_cpu_seconds: float = 0.5) -> dict:
+    """Between two cpu_use() readings: the share of the CPUs' time that other processes used (the CPUs' busy time
+    less this process's own) and the share the hypervisor stole. None when unknown, or when the span held less than
+    `min_cpu_seconds` of CPU time: the kernel counts in 10 ms ticks. Work in this process's other threads (a training
+    job in the app) counts as this process's own, so the app says that separately."""
+    if before is None or after is None or after.total - before.total < min_cpu_seconds:
+        return {"others_cpu_share": None, "steal_share": None}
+    total = after.total - before.total
+    others = (after.busy - before.busy) - (after.own - before.own)
+    return {"others_cpu_share": round(min(max(others / total, 0.0), 1.0), 3),
+            "steal_share": round(min(max((after.steal - before.steal) / total, 0.0), 1.0), 3)}
+
+
+def contention_note(rows: list[dict]) -> tuple[str, bool]:
+    """('Other processes used up to 3 % of the CPUs while timing.', busy): busy when others and the hypervisor
+    took more than BUSY_SHARE of the CPUs while some row was timed. ('', False) when no row could tell."""
+    known = [r for r in rows if r.get("others_cpu_share") is not None]
+    if not known:
+        return "", False
+    others = max(r["others_cpu_share"] for r in known)
+    steal = max(r.get("steal_share") or 0.0 for r in known)
+    text = f"Other processes used up to {others * 100:.0f} % of the CPUs while timing"
+    text += f", the hypervisor up to {steal * 100:.0f} %." if steal >= 0.01 else "."
+    return text, max((r["others_cpu_share"] + (r.get("steal_share") or 0.0)) for r in known) > BUSY_SHARE
 
 
 # ---------------------------------------------------------------- the whole benchmark
@@ -450,11 +510,15 @@ def markdown_table(result: dict, baseline: str | None = None) -> str:
         out.append("| " + " | ".join([metric] + [text[c] for c in columns] + [delta[c] for c in others]) + " |")
     out.append("")
     out.append(describe_setup(result) + f" Delta: each model vs {name[base]}.")
+    note, busy = contention_note(rows)
+    if busy:  # above the table, where it is read first
+        out[:0] = [f"**Busy machine**: {note} These figures are slower and noisier than on an idle machine; "
+                   "compare runs measured on an idle one.", ""]
     return "\n".join(out)
 
 
 def describe_setup(result: dict) -> str:
-    """One line under the table: inputs, device, threads, versions."""
+    """One line under the table: inputs, device, threads, versions, and what else used the CPUs while timing."""
     env, cfg = result["env"], result.get("config", {})
     inputs = (f"{cfg.get('n_rows')} reviews from {cfg['data']}, truncated to {cfg.get('max_length')} tokens, "
               "length-sorted batches with dynamic padding" if cfg.get("data")
@@ -462,10 +526,11 @@ def describe_setup(result: dict) -> str:
     forward = ("kdapp's path, last layer at [CLS] only where the model allows" if cfg.get("cls_only")
                else "the models' full forward")
     spin = f", GOMP_SPINCOUNT={env['gomp_spincount']}" if env.get("gomp_spincount") else ""
+    contention, _ = contention_note(result["rows"])
     return (f"Inputs: {inputs}; {forward}; {cfg.get('repeats')} timed passes after {cfg.get('warmup')} warm-up "
             f"batch(es). Device: {env['device']} ({env['device_name']}), {env['threads']} threads, "
             f"OMP_WAIT_POLICY={env['omp_wait_policy']}{spin}, torch {env['torch']}, "
-            f"load average {env.get('load_avg_1m')}.")
+            f"load average {env.get('load_avg_1m')} at the start. {contention}").rstrip()
 
 
 def _fmt(v, digits: int) -> str:

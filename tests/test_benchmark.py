@@ -1,8 +1,13 @@
-"""kdapp.benchmark and `python -m kdapp bench`: every JSON field, the seed's table and its Delta column, arch models."""
+"""kdapp.benchmark and `python -m kdapp bench`: every JSON field, the seed's table and its Delta column, arch models,
+and what else used the CPUs while timing."""
 import contextlib
 import io
 import json
+import subprocess
+import sys
+import time
 
+import psutil
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig
@@ -10,14 +15,15 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 from conftest import VOCAB, tiny_bert
 from kdapp import benchmark
 from kdapp.__main__ import main
-from kdapp.benchmark import (ARCHS, build_arch, forward_flops, load_bench_model, markdown_table, precision_table,
-                             run_benchmark, state_dict_size_mb)
+from kdapp.benchmark import (ARCHS, CpuUse, build_arch, cpu_use, forward_flops, load_bench_model, markdown_table,
+                             others_share, precision_table, run_benchmark, state_dict_size_mb)
 from kdapp.models import ModelError, count_parameters
 
 ROW_FIELDS = {"model", "label", "precision", "device", "max_length", "batch_size", "seq_len", "n_rows", "n_batches",
               "mean_tokens", "repeats", "warmup", "latency_ms_median", "latency_ms_p90", "latency_ms_mean",
               "throughput_samples_per_s", "tokens_per_s", "achieved_gflop_per_s", "timed_s", "peak_rss_mb",
-              "peak_gpu_mb", "params", "non_embedding_params", "size_mb", "size_source", "threads", "torch"}
+              "peak_gpu_mb", "others_cpu_share", "steal_share", "params", "non_embedding_params", "size_mb",
+              "size_source", "threads", "torch"}
 ENV_FIELDS = {"device", "device_name", "cpu_model", "cpu_count", "cpu_capability", "cpu_flags", "native_bf16",
               "threads", "interop_threads", "omp_wait_policy", "gomp_spincount", "torch", "transformers", "python",
               "platform", "load_avg_1m", "rss_idle_mb", "started_at", "seconds"}
@@ -47,6 +53,8 @@ def test_json_has_every_field(teacher_dir):
         assert 0 < r["latency_ms_median"] <= r["latency_ms_p90"] and r["throughput_samples_per_s"] > 0
         assert r["params"] == count_parameters(tiny_bert(layers=4)) and r["size_source"] == "weight files"
         assert r["peak_rss_mb"] > 0 and r["peak_gpu_mb"] is None and r["achieved_gflop_per_s"] > 0
+        for share in (r["others_cpu_share"], r["steal_share"]):  # None: too short a span to tell
+            assert share is None or 0.0 <= share <= 1.0
     assert rows[0]["n_batches"] == 6 and rows[1]["n_batches"] == 2  # 6 rows in batches of 4: 4 + 2
     fractions = [f for f, _ in calls]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and 0.0 <= fractions[0] < 1.0
@@ -101,6 +109,66 @@ def test_markdown_table_has_the_seeds_rows_and_delta_column():
     gpu_line = next(line for line in markdown_table(result).splitlines() if line.startswith("| Peak GPU memory"))
     assert [c.strip() for c in gpu_line.split("|")[1:-1]] == ["Peak GPU memory, batch 100 (MB)", "800", "400",
                                                               "-50 % memory"]
+
+
+def test_others_share_is_the_cpus_busy_time_less_this_process():
+    before = CpuUse(busy=10.0, steal=1.0, total=100.0, own=5.0)
+    after = CpuUse(busy=70.0, steal=3.0, total=200.0, own=40.0)  # 60 s busy, 35 of them this process's
+    assert others_share(before, after) == {"others_cpu_share": 0.25, "steal_share": 0.02}
+    only_us = CpuUse(busy=40.0, steal=1.0, total=200.0, own=36.0)  # tick rounding: own > busy counts as nobody else
+    assert others_share(before, only_us) == {"others_cpu_share": 0.0, "steal_share": 0.0}
+    short = CpuUse(busy=10.2, steal=1.0, total=100.4, own=5.0)  # 0.4 CPU-s: under the kernel's tick resolution
+    assert others_share(before, short) == {"others_cpu_share": None, "steal_share": None}
+    assert others_share(None, after) == {"others_cpu_share": None, "steal_share": None}
+
+
+@pytest.mark.skipif(not hasattr(psutil.Process(), "cpu_affinity"), reason="needs CPU affinity (Linux, Windows)")
+def test_cpu_use_sees_another_process_and_not_this_one():
+    """On one CPU shared with a busy-looping process the share is about 1; this process looping there, about 0."""
+    me = psutil.Process()
+    allowed = me.cpu_affinity()
+    cpu = allowed[0]
+    me.cpu_affinity([cpu])  # cpu_use() counts the CPUs this process may run on: now just this one
+    try:
+        before, end = cpu_use(), time.perf_counter() + 1.0
+        while time.perf_counter() < end:
+            pass
+        assert others_share(before, cpu_use())["others_cpu_share"] < 0.3
+        child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            psutil.Process(child.pid).cpu_affinity([cpu])
+            time.sleep(0.3)
+            before = cpu_use()
+            time.sleep(1.0)
+            assert others_share(before, cpu_use())["others_cpu_share"] > 0.6
+        finally:
+            child.kill()
+            child.wait()
+    finally:
+        me.cpu_affinity(allowed)
+
+
+def test_markdown_table_says_when_other_processes_took_the_cpus():
+    def row(model, share, steal=0.0):
+        return {"model": model, "precision": "fp32", "batch_size": 1, "latency_ms_median": 10.0,
+                "latency_ms_p90": 11.0, "throughput_samples_per_s": 100.0, "params": 1, "size_mb": 1.0,
+                "peak_rss_mb": 1.0, "others_cpu_share": share, "steal_share": steal}
+
+    result = {"rows": [row("a", 0.02), row("b", 0.04)],
+              "env": {"device": "cpu", "device_name": "x", "threads": 2, "omp_wait_policy": "PASSIVE", "torch": "2"},
+              "config": {"max_length": 16, "n_rows": 4, "repeats": 1, "warmup": 1}}
+    lines = markdown_table(result).splitlines()
+    assert lines[0].startswith("| Metric") and "Busy machine" not in "".join(lines)  # idle: the table comes first
+    assert lines[-1].endswith("Other processes used up to 4 % of the CPUs while timing. Delta: each model vs a.")
+    result["rows"][1] |= {"others_cpu_share": 0.48, "steal_share": 0.03}
+    lines = markdown_table(result).splitlines()
+    assert lines[0].startswith("**Busy machine**: Other processes used up to 48 % of the CPUs while timing, the "
+                               "hypervisor up to 3 %.") and lines[2].startswith("| Metric")
+    result["rows"][1] |= {"others_cpu_share": 0.02, "steal_share": 0.12}  # a VM whose host was busy
+    assert markdown_table(result).startswith("**Busy machine**")
+    for r in result["rows"]:
+        r["others_cpu_share"] = r["steal_share"] = None  # no reading (too short, or no per-CPU times here)
+    assert "Other processes" not in markdown_table(result)
 
 
 def test_arch_configs_equal_the_hubs():

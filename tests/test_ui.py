@@ -185,6 +185,43 @@ def test_benchmark_handler(demo, runs):
     assert "beyond student-tiny-kd's limit of 64 tokens" in table
 
 
+def test_benchmark_says_when_a_training_job_shared_the_machine(runs, monkeypatch):
+    """A job in this app's process is not an 'other process' to the CPU reading, so the tab says so itself: a job
+    running when the benchmark starts, and one that starts and ends while it times."""
+    import kdapp.ui.bench_tab as bench_tab
+
+    registry, release = JobRegistry(), threading.Event()
+    demo = build_app(registry, runs[0])
+    bench = handler(demo, "benchmark")
+    args = ([str(runs[1]["kd"])], [1], 16, "cpu", ["fp32"], "random tokens", 4, 1)
+
+    def blocking(cfg, callbacks):
+        release.wait(30)
+        return RunResult("done", None, {}, "ok")
+
+    job = registry.start("teacher tiny", "teacher", [Stage("teacher", blocking, None)])
+    try:
+        table, _ = bench(*args)
+        assert table.startswith("**A training job ran in this app while timing** (teacher tiny): it shares the machine")
+        assert "| Metric |" in table
+    finally:
+        release.set()
+        assert job.wait(30)
+    table, _ = bench(*args)
+    assert table.startswith("| Metric |")  # nothing trains now
+
+    real = bench_tab.run_benchmark
+
+    def a_job_comes_and_goes(*a, **kw):
+        assert registry.start("quick", "teacher", [Stage("teacher", lambda cfg, cb: RunResult("done", None, {}, ""),
+                                                         None)]).wait(30)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(bench_tab, "run_benchmark", a_job_comes_and_goes)
+    table, _ = bench(*args)
+    assert table.startswith("**A training job ran in this app while timing**: it shares the machine")
+
+
 # ---------------------------------------------------------------- over HTTP with gradio_client
 @pytest.fixture(scope="module")
 def client(demo):

@@ -22,7 +22,9 @@ EXPLAIN = "\n".join([
     "- **Disk size**: the size of the model's weight file in MB: what you download or ship.",
     "- **Peak RSS**: the most memory the process used while timing, in MB; on a GPU, **Peak GPU memory** is the "
     "most the model's tensors held on the card (torch.cuda.max_memory_allocated).",
-    "- **Delta**: each model compared with the first one, e.g. \"2.0x faster\" or \"-40 % size\"."])
+    "- **Delta**: each model compared with the first one, e.g. \"2.0x faster\" or \"-40 % size\".",
+    "- **Busy machine**: other programs (or a training job of this app) used the CPUs while timing, so the figures "
+    "are slower than on an idle machine."])
 
 BATCH_CHOICES = [1, 8, 32, 100]
 
@@ -80,12 +82,18 @@ def build_bench_tab(ctx: AppContext):
             models = [models]
         models = [ctx.model_name(m) for m in models or [] if m and m.strip()]
         check_length(models, int(max_length))
+        registry = ctx.registry
+        job, generation = registry.active(), registry.generation
         result = run_benchmark(models, [int(b) for b in batch_sizes or []], int(max_length), device,
                                tuple(precisions or ()), data=local_imdb() if inputs == "real reviews" else None,
                                n_texts=max(1, int(n_texts or 1)), repeats=max(1, int(repeats or 1)),
                                progress=lambda fraction, message: progress(fraction, desc=message),
                                cls_only=bool(cls_only))
-        return markdown_table(result), plots.latency_bars(result["rows"])
+        job = job or registry.active()
+        trained = job is not None or registry.generation != generation  # a job ran (or ended) while timing
+        note = (f"**A training job ran in this app while timing**{f' ({job.title})' if job else ''}: it shares the "
+                "machine, so the figures are slower than on an idle one.\n\n" if trained else "")
+        return note + markdown_table(result), plots.latency_bars(result["rows"])
 
     run.click(benchmark, [models, batch_sizes, max_length, device, precisions, inputs, n_texts, repeats, password,
                           cls_only], [table, chart], api_name="benchmark", concurrency_limit=1, concurrency_id="benchmark")
